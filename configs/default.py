@@ -1,0 +1,149 @@
+"""The embedded default: the whole dual-teacher experiment on `synthetic_actions`.
+
+Trains a CNN teacher (X3D-style), a ViT teacher (MViTv2-style) and a student
+from scratch, then distills the student from both teachers with DATW + SDD +
+RKD, evaluates every model and writes CKA maps, all on a laptop CPU.
+
+Run:
+  python -m vkd_jax.main --config configs/default.py --workdir runs/default
+
+Every key the code reads is declared here with a comment; other configs
+import this one and override. The config is locked: a misspelled key fails.
+"""
+
+import ml_collections
+
+
+def model_spec(name: str, variant: str, checkpoint: str = "") -> ml_collections.ConfigDict:
+    """A model entry: zoo family, variant and (for teachers) a checkpoint."""
+    spec = ml_collections.ConfigDict()
+    spec.name = name  # Family in vkd_jax.models (x3d, mvit, r2plus1d, shufflenet3d, vit).
+    spec.variant = variant  # Variant of the family (e.g. "s", "v2_s", "tiny").
+    # Checkpoint directory (vkd_jax or converted from PyTorch). For teachers in
+    # mode=experiment, "" means "the teacher trained in this workdir".
+    spec.checkpoint = checkpoint
+    return spec
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    # data | train | distill | evaluate | experiment | cka
+    c.mode = "experiment"
+    c.seed = 0  # Seeds parameters, data order, augmentation and dropout.
+
+    # ---------------------------------------------------------------- data
+    c.data = d = ml_collections.ConfigDict()
+    d.name = "synthetic_actions"  # TFDS dataset name (synthetic_actions, video_folder, ucf101...).
+    d.builder_config = "default"  # TFDS builder config; "" for the builder's default.
+    d.data_dir = ""  # TFDS data_dir; "" = TFDS's default location.
+    d.train_split = "train"  # TFDS split string; subsets like "train[:10000]" work.
+    d.eval_split = "test"  # Split evaluated and used for CKA maps.
+    d.video_key = "video"  # Feature holding the uint8 (T, H, W, 3) video.
+    d.label_key = "label"  # Feature holding the integer class label.
+    d.num_frames = 8  # Frames per clip fed to the models.
+    d.frame_stride = 2  # Temporal stride between sampled frames.
+    d.crop_size = 32  # Spatial size of the (square) model input.
+    d.train_scale = (0.6, 1.0)  # Random-resized-crop area range (fraction of the frame).
+    d.train_aspect_ratio = (0.75, 1.333)  # Random-resized-crop aspect-ratio range.
+    # Horizontal flips. Off for synthetic_actions: its left/right classes would swap.
+    d.random_flip = False
+    d.mean = (0.45, 0.45, 0.45)  # Per-channel mean of [0, 1] pixels.
+    d.std = (0.225, 0.225, 0.225)  # Per-channel std of [0, 1] pixels.
+    d.eval_num_clips = 2  # Uniformly spaced temporal clips per test video.
+    d.eval_num_crops = 1  # Spatial crops per clip (1: center, 3: left/center/right).
+    d.shuffle_buffer = 2048  # Examples in the shuffle buffer.
+    d.cache = True  # Cache decoded examples in memory (small datasets only).
+    d.prefetch = 2  # Batches prefetched to the device.
+
+    # --------------------------------------------------------------- models
+    c.student = model_spec("x3d", "tiny")  # The model distilled (and trained from scratch).
+    c.teachers = ml_collections.ConfigDict()  # Name -> teacher model entry.
+    c.teachers.cnn = model_spec("x3d", "tiny_m")  # Structurally similar CNN teacher.
+    c.teachers.vit = model_spec("mvit", "tiny")  # Heterogeneous ViT teacher.
+    c.dtype = "float32"  # Compute dtype: float32 or bfloat16 (parameters stay float32).
+
+    # ---------------------------------------------------------------- loss
+    # L = ce * CE + kd * (DATW or uniform KD) + sdd * SDD + rkd_d * RKD-D + rkd_a * RKD-A
+    #     + feature_kd * FitNets. A weight of 0 switches its term off.
+    c.loss = lo = ml_collections.ConfigDict()
+    lo.ce_weight = 1.0  # Cross-entropy with the labels.
+    lo.label_smoothing = 0.0  # Label smoothing of the cross-entropy.
+    lo.kd_weight = 1.0  # Logit distillation from the teachers in kd_teachers.
+    lo.kd_teachers = ("cnn", "vit")  # Teachers whose logits form the soft target.
+    lo.temperature = 4.0  # Softmax temperature T of the distillation (loss scaled by T^2).
+    lo.teacher_weighting = "datw"  # datw (adaptive per sample) | uniform (ablation baseline).
+    lo.datw = ml_collections.ConfigDict()
+    lo.datw.confidence_weight = 1.0  # a in e_k = a * c_k + b * d_k.
+    lo.datw.discrepancy_weight = 1.0  # b in e_k = a * c_k + b * d_k.
+    lo.datw.weight_temperature = 0.5  # gamma in w = softmax(e / gamma).
+    lo.datw.combine = "sum"  # sum: a*c + b*d; product: c^a * d^b.
+    lo.sdd_weight = 1.0  # Structure discrepancy distillation (the ViT - CNN residual).
+    lo.sdd = ml_collections.ConfigDict()
+    lo.sdd.vit_teacher = "vit"  # Teacher giving f_vit.
+    lo.sdd.cnn_teacher = "cnn"  # Teacher giving f_cnn.
+    lo.sdd.vit_feature = "last_stage"  # Feature key of f_vit ("last_stage" = highest stageN).
+    lo.sdd.cnn_feature = "last_stage"  # Feature key of f_cnn.
+    lo.sdd.student_feature = "last_stage"  # Student feature the branch reads.
+    lo.sdd.grid = (2, 2, 2)  # Common (T', H', W') grid of the residual.
+    lo.sdd.dim = 64  # Common width D of the fixed projections.
+    lo.sdd.projection_seed = 0  # Seed of the fixed (non-trainable) projections.
+    lo.sdd.loss_type = "mse"  # mse | smooth_l1 | cosine.
+    lo.sdd.adapter_weight = 0.0  # Extra feature KD: student adapter matches phi_cnn(f_cnn).
+    lo.rkd_distance_weight = 1.0  # RKD distance loss (Park et al. 2019).
+    lo.rkd_angle_weight = 2.0  # RKD angle loss (Park et al. 2019).
+    lo.rkd = ml_collections.ConfigDict()
+    lo.rkd.teacher = "vit"  # Teacher whose embeddings give the relations.
+    lo.rkd.teacher_feature = "pre_logits"  # Teacher embedding (B, D).
+    lo.rkd.student_feature = "pre_logits"  # Student embedding (B, D').
+    lo.feature_kd_weight = 0.0  # FitNets feature KD through a trainable adapter.
+    lo.feature_kd = ml_collections.ConfigDict()
+    lo.feature_kd.teacher = "cnn"  # Teacher whose feature is matched.
+    lo.feature_kd.teacher_feature = "last_stage"  # Teacher feature key.
+    lo.feature_kd.student_feature = "last_stage"  # Student feature key (adapted to the teacher).
+
+    # ----------------------------------------------------------- optimizer
+    c.optim = o = ml_collections.ConfigDict()
+    o.optimizer = "adamw"  # adamw | sgd (with momentum).
+    o.learning_rate = 2e-3  # Peak learning rate.
+    o.warmup_steps = 30  # Linear warmup steps before the cosine decay.
+    o.min_learning_rate = 0.0  # Learning rate at the end of the cosine decay.
+    o.weight_decay = 1e-4  # Decoupled weight decay (adamw) or L2 (sgd).
+    o.momentum = 0.9  # SGD momentum.
+    o.grad_clip_norm = 1.0  # Global-norm gradient clipping; 0 disables.
+    o.grad_accum_steps = 1  # Micro-batches accumulated per update.
+
+    # ------------------------------------------------------------ training
+    c.train = t = ml_collections.ConfigDict()
+    t.batch_size = 32  # Global batch size (split over devices and processes).
+    t.num_steps = 300  # Optimizer steps of a train/distill stage.
+    t.log_every = 25  # Steps between metric lines / TensorBoard points.
+    t.eval_every = 0  # Steps between evaluations; 0 = at the end only.
+    t.checkpoint_every = 100  # Steps between checkpoints.
+    t.max_to_keep = 2  # Checkpoints kept.
+    t.eval_batch_size = 32  # Videos per evaluation batch (each with all its views).
+
+    # ------------------------------------------------------ mode=train etc.
+    c.train_model = "student"  # mode=train: "student" or a teacher name.
+
+    # ---------------------------------------------------------- experiment
+    c.experiment = e = ml_collections.ConfigDict()
+    e.teacher_num_steps = 400  # Steps of each teacher's supervised training.
+    e.run_cka = True  # Write layer-by-layer CKA maps at the end.
+
+    # ----------------------------------------------------------- evaluation
+    c.eval = ev = ml_collections.ConfigDict()
+    ev.latency_batch_size = 1  # Clips per call when timing the deployed student.
+    ev.latency_iters = 20  # Timed calls (after warm-up) for the latency figure.
+
+    # ------------------------------------------------------------------ CKA
+    c.cka = k = ml_collections.ConfigDict()
+    k.kernel = "linear"  # linear | rbf.
+    k.rbf_threshold = 1.0  # RBF bandwidth = threshold * median distance.
+    k.unbiased = True  # Unbiased (U-statistic) minibatch HSIC (Nguyen et al. 2021).
+    k.num_examples = 512  # Examples of the eval split the maps are computed on.
+    k.batch_size = 64  # Minibatch size of the streaming estimate.
+
+    # ----------------------------------------------------------------- mesh
+    c.mesh = m = ml_collections.ConfigDict()
+    m.data = -1  # Devices on the data axis; -1 = all.
+    return c

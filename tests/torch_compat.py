@@ -1,0 +1,57 @@
+"""Importing the PyTorch reference implementations for parity tests.
+
+torchvision's PyPI wheel fails to import beside the CPU build of torch
+(``operator torchvision::nms does not exist``, raised while registering fake
+kernels in ``torchvision._meta_registrations``). Those registrations only
+matter for torch.compile's meta tracing, never for the eager reference models
+we compare against, so when -- and only when -- the plain import fails we put
+an empty stub module in their place and import again. pytorchvideo's X3D
+imports torchvision and needs the same treatment.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
+import pytest
+
+
+def _drop(prefix: str) -> None:
+    for name in list(sys.modules):
+        if name == prefix or name.startswith(prefix + "."):
+            del sys.modules[name]
+
+
+def import_torch():
+    """Returns torch, or skips the calling test with the reason."""
+    return pytest.importorskip("torch", reason="torch not installed (pip install '.[torch]')")
+
+
+def import_torchvision():
+    """Returns torchvision (stubbing its meta registrations only if needed)."""
+    import_torch()
+    try:
+        return importlib.import_module("torchvision")
+    except ModuleNotFoundError:
+        pytest.skip("torchvision not installed (pip install '.[torch]')")
+    except RuntimeError as e:
+        if "does not exist" not in str(e):
+            raise
+    _drop("torchvision")
+    sys.modules["torchvision._meta_registrations"] = types.ModuleType(
+        "torchvision._meta_registrations"
+    )
+    return importlib.import_module("torchvision")
+
+
+def import_pytorchvideo_hub():
+    """Returns ``pytorchvideo.models.hub`` (X3D builders), or skips."""
+    import_torchvision()
+    try:
+        return importlib.import_module("pytorchvideo.models.hub")
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("pytorchvideo"):
+            pytest.skip("pytorchvideo not installed (pip install '.[torch]')")
+        raise

@@ -1,0 +1,147 @@
+"""Shared machinery for PyTorch -> Flax conversion.
+
+Layout conventions: PyTorch video tensors are ``(B, C, T, H, W)``, ours are
+``(B, T, H, W, C)``. Kernels translate as
+
+* ``Conv3d`` weight ``(O, I/g, kt, kh, kw)`` -> flax ``(kt, kh, kw, I/g, O)``
+* ``Linear`` weight ``(O, I)`` -> flax ``(I, O)``
+* ``BatchNorm`` ``weight/bias/running_mean/running_var`` -> ``params.scale/bias``
+  and ``batch_stats.mean/var``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+_WRAPPER_KEYS = ("model_state", "state_dict", "model", "module")
+
+
+class ConversionError(ValueError):
+    """A checkpoint does not match the architecture it is converted to."""
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """Torch tensor (any device/dtype) or array-like -> float32/int NumPy array."""
+    if hasattr(value, "detach"):  # a torch.Tensor; torch is optional here.
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        value = value.numpy()
+    return np.asarray(value)
+
+
+def unwrap_state_dict(obj: Any) -> dict[str, np.ndarray]:
+    """Finds the state_dict inside common checkpoint wrappers; strips ``module.``."""
+    if not isinstance(obj, Mapping):
+        raise ConversionError(
+            f"Expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}"
+        )
+    while True:
+        nested = [k for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)]
+        if not nested:
+            break
+        obj = obj[nested[0]]
+    out = {}
+    for key, value in obj.items():
+        if not hasattr(value, "shape"):
+            continue  # e.g. optimizer step counters or metadata next to the weights.
+        while key.startswith("module."):
+            key = key[len("module.") :]
+        out[key] = to_numpy(value)
+    if not out:
+        raise ConversionError("The checkpoint holds no tensors")
+    return out
+
+
+def conv3d_kernel(w: np.ndarray) -> np.ndarray:
+    """``(O, I/g, kt, kh, kw)`` -> ``(kt, kh, kw, I/g, O)``."""
+    return np.transpose(w, (2, 3, 4, 1, 0))
+
+
+def conv2d_kernel(w: np.ndarray) -> np.ndarray:
+    """``(O, I/g, kh, kw)`` -> ``(kh, kw, I/g, O)``."""
+    return np.transpose(w, (2, 3, 1, 0))
+
+
+def linear_kernel(w: np.ndarray) -> np.ndarray:
+    """``(O, I)`` -> ``(I, O)``."""
+    return np.transpose(w, (1, 0))
+
+
+class StateDictReader:
+    """Reads a state_dict key by key and insists every key is used exactly once.
+
+    Usage::
+
+        reader = StateDictReader(sd)
+        w = reader.take("conv1.weight", conv3d_kernel)
+        ...
+        reader.finish()  # raises if any key was never taken
+    """
+
+    def __init__(self, state_dict: Mapping[str, np.ndarray]):
+        self._sd = dict(state_dict)
+        self._used: set[str] = set()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._sd
+
+    def keys(self):
+        return self._sd.keys()
+
+    def take(self, key: str, transform: Callable[[np.ndarray], np.ndarray] | None = None):
+        if key not in self._sd:
+            raise ConversionError(f"Missing key in checkpoint: {key!r}")
+        self._used.add(key)
+        value = self._sd[key]
+        return transform(value) if transform is not None else value
+
+    def skip(self, key: str) -> None:
+        """Marks a key as deliberately unused (e.g. ``num_batches_tracked``)."""
+        self._used.add(key)
+
+    def finish(self) -> None:
+        unused = sorted(
+            k for k in self._sd if k not in self._used and not k.endswith("num_batches_tracked")
+        )
+        if unused:
+            shown = ", ".join(unused[:20]) + (" ..." if len(unused) > 20 else "")
+            raise ConversionError(f"Unexpected keys in checkpoint ({len(unused)}): {shown}")
+
+
+def check_and_cast(converted: Mapping[str, Any], expected: Mapping[str, Any]) -> dict:
+    """Verifies converted variables match the module's abstract variables exactly.
+
+    Args:
+      converted: nested dict of NumPy arrays produced by a converter.
+      expected: ``jax.eval_shape(module.init, ...)`` output (nested dict of
+        ShapeDtypeStruct) for the same module.
+
+    Returns:
+      ``converted`` with leaves cast to the expected dtypes.
+
+    Raises:
+      ConversionError naming every missing, unexpected or misshaped parameter.
+    """
+    conv_flat = traverse_util.flatten_dict(dict(converted), sep="/")
+    exp_flat = traverse_util.flatten_dict(jax.tree_util.tree_map(lambda x: x, dict(expected)), sep="/")
+    missing = sorted(set(exp_flat) - set(conv_flat))
+    extra = sorted(set(conv_flat) - set(exp_flat))
+    problems = []
+    if missing:
+        problems.append(f"variables not filled from the checkpoint: {missing[:20]}")
+    if extra:
+        problems.append(f"converted variables the model does not have: {extra[:20]}")
+    for name in sorted(set(conv_flat) & set(exp_flat)):
+        got, want = tuple(np.shape(conv_flat[name])), tuple(exp_flat[name].shape)
+        if got != want:
+            problems.append(f"shape mismatch for {name}: checkpoint gives {got}, model expects {want}")
+    if problems:
+        raise ConversionError("; ".join(problems))
+    out = {k: np.asarray(v, dtype=exp_flat[k].dtype) for k, v in conv_flat.items()}
+    return traverse_util.unflatten_dict(out, sep="/")

@@ -1,0 +1,74 @@
+"""The video model zoo.
+
+Every model is a ``flax.linen`` module whose ``apply(variables, video, train=...)``
+takes channels-last video ``(B, T, H, W, 3)`` and returns ``(logits, features)``,
+``features`` a dict of named intermediates (see each family's module docstring).
+
+Build any model by name::
+
+    from vkd_jax import models
+    model = models.get_model("x3d", variant="s", num_classes=400)
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any
+
+import jax.numpy as jnp
+
+# Family name -> module. Each module exposes ``VARIANTS`` (variant -> hyperparameters),
+# ``STANDARD_INPUT`` (full-size variant -> (T, H, W) it was published at) and
+# ``create(variant, *, num_classes, dtype, **overrides) -> nn.Module``.
+_FAMILIES: Mapping[str, str] = {
+    "x3d": "vkd_jax.models.x3d",
+    "mvit": "vkd_jax.models.mvit",
+    "r2plus1d": "vkd_jax.models.r2plus1d",
+    "shufflenet3d": "vkd_jax.models.shufflenet3d",
+    "vit": "vkd_jax.models.vit",
+}
+
+
+def families() -> list[str]:
+    """Names accepted by :func:`get_model`."""
+    return sorted(_FAMILIES)
+
+
+def family_module(name: str) -> ModuleType:
+    if name not in _FAMILIES:
+        raise ValueError(f"Unknown model family {name!r}; known families: {families()}")
+    return importlib.import_module(_FAMILIES[name])
+
+
+def variants(name: str) -> list[str]:
+    """Variants of one family (full-size and tiny)."""
+    return list(family_module(name).VARIANTS)
+
+
+def get_model(
+    name: str, *, variant: str, num_classes: int, dtype: Any = jnp.float32, **overrides: Any
+):
+    """Returns the flax module for ``name``/``variant`` with ``num_classes`` outputs.
+
+    Args:
+      name: model family, one of :func:`families`.
+      variant: a key of the family's ``VARIANTS`` (e.g. ``"s"`` for X3D-S).
+      num_classes: size of the classification head.
+      dtype: computation dtype (``jnp.bfloat16`` for mixed precision); parameters
+        stay float32.
+      **overrides: hyperparameters that replace the variant's (e.g. ``dropout_rate``).
+    """
+    module = family_module(name)
+    if variant not in module.VARIANTS:
+        raise ValueError(
+            f"Unknown variant {variant!r} of model family {name!r}; "
+            f"known variants: {list(module.VARIANTS)}"
+        )
+    return module.create(variant, num_classes=num_classes, dtype=dtype, **overrides)
+
+
+def standard_input(name: str, variant: str) -> tuple[int, int, int] | None:
+    """(T, H, W) the full-size variant was published at, or None for tiny ones."""
+    return family_module(name).STANDARD_INPUT.get(variant)
