@@ -1,0 +1,179 @@
+"""Checkpoints: resumable training state, and exported models that load as teachers.
+
+Two kinds of directories:
+
+* **Training checkpoints** (``<stage>/checkpoints/<step>``): the whole
+  ``TrainState`` (student, training-only heads, optimizer state, step) through an
+  orbax ``CheckpointManager``; a stage resumes from the latest one. Orbax writes
+  each step to a temporary directory and renames it when complete, so a run
+  killed mid-save never leaves a checkpoint that reads as valid.
+* **Model directories** (``<stage>/model``, or what ``tools/convert_checkpoint.py``
+  writes): the deployable variables of one model (``params`` and
+  ``batch_stats``, no optimizer state, no training-only heads) plus
+  ``vkd_model.json`` naming the architecture, class count and input
+  normalization. A config's teacher entry points at such a directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+from vkd_jax import models
+
+METADATA_FILE = "vkd_model.json"
+_VARIABLES_DIR = "variables"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete, or does not fit the configuration."""
+
+
+# ----------------------------------------------------------------- model dirs
+
+
+def save_model(path: str, variables: Mapping[str, Any], metadata: Mapping[str, Any]) -> None:
+    """Writes a model directory atomically (temporary directory, then rename).
+
+    Args:
+      path: destination directory; replaced if it exists.
+      variables: ``{"params": ..., "batch_stats": ...}`` of the model.
+      metadata: at least ``name``, ``variant`` and ``num_classes``; usually
+        also ``num_frames``, ``crop_size``, ``mean``, ``std`` and ``source``.
+    """
+    for key in ("name", "variant", "num_classes"):
+        if key not in metadata:
+            raise ValueError(f"Model metadata needs {key!r}, got keys {sorted(metadata)}")
+    path = os.path.abspath(path)
+    tmp = path + ".tmp"
+    if jax.process_index() == 0 and os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    variables = jax.tree_util.tree_map(np.asarray, jax.device_get(dict(variables)))
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.join(tmp, _VARIABLES_DIR), variables)
+        ckptr.wait_until_finished()
+    if jax.process_index() == 0:
+        with open(os.path.join(tmp, METADATA_FILE), "w") as f:
+            json.dump(dict(metadata), f, indent=2, default=_json_default)
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+
+
+def read_metadata(path: str) -> dict[str, Any]:
+    """Reads ``vkd_model.json`` of a model directory, with errors that say what is wrong."""
+    if not path:
+        raise CheckpointError("No checkpoint path given")
+    if not os.path.isdir(path):
+        raise CheckpointError(
+            f"Model checkpoint not found: {path!r} (expected a directory written by a vkd_jax "
+            "train/distill stage or by tools/convert_checkpoint.py)"
+        )
+    meta_path = os.path.join(path, METADATA_FILE)
+    if not os.path.isfile(meta_path) or not os.path.isdir(os.path.join(path, _VARIABLES_DIR)):
+        raise CheckpointError(
+            f"{path!r} is not a complete vkd_jax model directory: it needs {METADATA_FILE} and "
+            f"{_VARIABLES_DIR}/ (an interrupted save leaves only a '.tmp' directory)"
+        )
+    with open(meta_path) as f:
+        return json.load(f)
+
+
+def load_model(
+    path: str, *, num_classes: int | None = None, dtype: Any = None, what: str = "model"
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Loads a model directory.
+
+    Args:
+      path: a directory written by :func:`save_model`.
+      num_classes: if given, the class count the model must have (the dataset's).
+      dtype: computation dtype for the returned module (parameters stay float32).
+      what: how error messages name this model (e.g. ``"teacher 'cnn'"``).
+
+    Returns:
+      ``(module, variables, metadata)``.
+
+    Raises:
+      CheckpointError: missing or incomplete directory, or a class-count mismatch.
+    """
+    try:
+        meta = read_metadata(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{what}: {e}") from None
+    if num_classes is not None and int(meta["num_classes"]) != int(num_classes):
+        raise CheckpointError(
+            f"{what} at {path!r} has {meta['num_classes']} classes but the dataset has "
+            f"{num_classes}; fine-tune it on this dataset first (mode=train) or pick the "
+            "matching dataset"
+        )
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    module = models.get_model(
+        meta["name"], variant=meta["variant"], num_classes=int(meta["num_classes"]), **kwargs
+    )
+    abstract = abstract_variables(module, meta)
+    with ocp.StandardCheckpointer() as ckptr:
+        try:
+            variables = ckptr.restore(
+                os.path.join(os.path.abspath(path), _VARIABLES_DIR),
+                jax.tree_util.tree_map(
+                    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract
+                ),
+            )
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"{what} at {path!r} does not match {meta['name']}/{meta['variant']}: {e}"
+            ) from e
+    return module, variables, meta
+
+
+def abstract_variables(module: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Shapes of ``module``'s variables (no compute) for the input in ``meta``."""
+    t = int(meta.get("num_frames", 8))
+    s = int(meta.get("crop_size", 32))
+    video = jax.ShapeDtypeStruct((1, t, s, s, 3), np.float32)
+    out = jax.eval_shape(
+        lambda v: module.init(jax.random.key(0), v, train=False), video
+    )
+    return dict(out)
+
+
+# -------------------------------------------------------- training checkpoints
+
+
+def checkpoint_manager(directory: str, *, max_to_keep: int) -> ocp.CheckpointManager:
+    """An orbax manager for a stage's training state; saves are asynchronous."""
+    return ocp.CheckpointManager(
+        epath.Path(os.path.abspath(directory)),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+    )
+
+
+def save_state(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
+    manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+
+def restore_state(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[Any, int] | None:
+    """Restores the latest training state onto ``abstract_state``'s shardings, or None."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    logging.info("Resuming from checkpoint at step %d in %s", step, manager.directory)
+    state = manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    return state, step
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (tuple, np.ndarray)):
+        return list(obj)
+    raise TypeError(f"Not JSON serializable: {type(obj).__name__}")

@@ -1,0 +1,207 @@
+"""Shared building blocks of the 3D CNNs, with PyTorch's conventions.
+
+Everything here is channels-last: video maps are ``(B, T, H, W, C)``.
+
+* :func:`conv3d` -- a ``Conv3d`` with PyTorch's symmetric zero padding (``k // 2``
+  per side, not XLA's ``"SAME"``, which pads asymmetrically under stride 2) and
+  He (Kaiming) normal fan-out initialization (He et al., ICCV 2015), as
+  pytorchvideo's ``init_net_weights`` and PySlowFast's ``c2_msra_fill``.
+* :class:`BatchNorm` -- batch normalization (Ioffe & Szegedy, ICML 2015) with
+  PyTorch's semantics: eps ``1e-5``, momentum ``0.1`` in PyTorch's convention
+  (weight of the new batch statistic; flax's ``0.9``), unbiased batch variance
+  in the running estimate. Statistics are computed in float32 whatever the
+  compute dtype.
+* :class:`SqueezeExcite` -- squeeze-and-excitation (Hu et al., CVPR 2018) in
+  the form X3D uses (Feichtenhofer, CVPR 2020): global average over
+  ``(T, H, W)``, 1x1x1 conv to ``round_width(C, ratio)`` channels, ReLU, 1x1x1
+  conv back to ``C``, sigmoid gate.
+* :func:`swish` -- ``x * sigmoid(x)`` (Ramachandran et al., 2017).
+* :func:`round_width`, :func:`round_repeats` -- X3D's width/depth rounding
+  (identical to pytorchvideo's ``pytorchvideo.layers.utils``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Kaiming normal, fan-out, gain sqrt(2): PyTorch's ``kaiming_normal_(mode="fan_out")``.
+he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def swish(x: jax.Array) -> jax.Array:
+    """Swish / SiLU, ``x * sigmoid(x)`` (Ramachandran, Zoph & Le, 2017)."""
+    return jax.nn.silu(x)
+
+
+def round_width(width: float, multiplier: float, min_width: int = 8, divisor: int = 8) -> int:
+    """Scales a channel count and rounds it to a multiple of ``divisor`` (X3D, Sec. 3).
+
+    Same arithmetic as pytorchvideo's ``round_width`` (``ceil=False``): round to
+    the nearest multiple, at least ``min_width``, and never more than 10% below
+    the exact product.
+
+    Args:
+      width: channels before scaling.
+      multiplier: the expansion factor (a falsy multiplier returns ``width``).
+      min_width: lower bound of the result.
+      divisor: the result is a multiple of it.
+
+    Returns:
+      The rounded channel count.
+    """
+    if not multiplier:
+        return int(width)
+    width *= multiplier
+    min_width = min_width or divisor
+    out = max(min_width, int(width + divisor / 2) // divisor * divisor)
+    if out < 0.9 * width:
+        out += divisor
+    return int(out)
+
+
+def round_repeats(repeats: int, multiplier: float) -> int:
+    """Scales a block count by the depth factor, rounding up (X3D, Sec. 3)."""
+    if not multiplier:
+        return repeats
+    return int(math.ceil(multiplier * repeats))
+
+
+def conv3d(
+    features: int,
+    kernel_size: Sequence[int],
+    *,
+    strides: Sequence[int] = (1, 1, 1),
+    padding: Sequence[int] | None = None,
+    groups: int = 1,
+    use_bias: bool = False,
+    dtype: Any = jnp.float32,
+    kernel_init: Any = he_normal_fan_out,
+    name: str | None = None,
+) -> nn.Conv:
+    """A 3D convolution laid out like PyTorch's ``nn.Conv3d``.
+
+    Args:
+      features: output channels.
+      kernel_size: ``(kt, kh, kw)``.
+      strides: ``(st, sh, sw)``.
+      padding: zeros added on *each* side per dimension; ``None`` means
+        ``k // 2`` (PyTorch's usual "same" for odd kernels). Output size is
+        ``floor((n + 2p - k) / s) + 1`` exactly as in PyTorch.
+      groups: feature groups (``groups == in_channels`` is depthwise).
+      use_bias: add a bias.
+      dtype: computation dtype; parameters stay float32.
+      kernel_init: kernel initializer (He normal fan-out by default).
+      name: submodule name.
+
+    Returns:
+      An ``nn.Conv`` mapping ``(B, T, H, W, C_in)`` to ``(B, T', H', W', features)``
+      with kernel ``(kt, kh, kw, C_in / groups, features)``.
+    """
+    kernel_size = tuple(kernel_size)
+    if padding is None:
+        padding = tuple(k // 2 for k in kernel_size)
+    return nn.Conv(
+        features,
+        kernel_size,
+        strides=tuple(strides),
+        padding=[(p, p) for p in padding],
+        feature_group_count=groups,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=kernel_init,
+        name=name,
+    )
+
+
+class BatchNorm(nn.Module):
+    """Batch normalization over all axes but the last, as PyTorch's ``BatchNorm3d``.
+
+    Ioffe & Szegedy, "Batch Normalization", ICML 2015. With ``train=True`` the
+    batch's own statistics normalize ``x`` and the running estimates move as
+    ``running = (1 - momentum) * running + momentum * batch`` with the batch
+    variance made unbiased (``n / (n - 1)``), as PyTorch does; with
+    ``train=False`` the running estimates normalize and nothing changes. Under
+    ``jax.jit`` over a sharded global batch the statistics are global; inside
+    ``shard_map``/``pmap`` name the mapped axis in ``axis_name``.
+
+    Variables: ``params.scale``/``params.bias`` (PyTorch ``weight``/``bias``) and
+    ``batch_stats.mean``/``batch_stats.var`` (``running_mean``/``running_var``).
+
+    Attributes:
+      momentum: PyTorch convention (flax's ``nn.BatchNorm`` momentum is ``1 - this``).
+      epsilon: added to the variance.
+      dtype: output dtype (statistics are float32).
+      scale_init: initializer of ``scale`` (zeros for a residual block's last BN).
+      axis_name: mapped axis to average statistics over, if any.
+    """
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+    dtype: Any = jnp.float32
+    scale_init: Any = nn.initializers.ones
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """Normalizes ``x`` of shape ``(..., C)``; returns the same shape in ``dtype``."""
+        channels = x.shape[-1]
+        scale = self.param("scale", self.scale_init, (channels,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
+
+        x32 = x.astype(jnp.float32)
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            count = math.prod(x.shape[:-1])
+            mean = jnp.mean(x32, axes)
+            if self.axis_name is not None:
+                mean = jax.lax.pmean(mean, self.axis_name)
+            # Two-pass variance: E[(x - mean)^2] does not cancel like E[x^2] - mean^2.
+            var = jnp.mean(jnp.square(x32 - mean), axes)
+            if self.axis_name is not None:
+                var = jax.lax.pmean(var, self.axis_name)
+                count = count * jax.lax.psum(1, self.axis_name)
+            if not self.is_initializing():
+                unbiased = var * (count / max(count - 1, 1))
+                m = self.momentum
+                ra_mean.value = (1.0 - m) * ra_mean.value + m * mean
+                ra_var.value = (1.0 - m) * ra_var.value + m * unbiased
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        y = (x32 - mean) * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias
+        return y.astype(self.dtype)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation gate of X3D's bottleneck (Hu et al., CVPR 2018).
+
+    ``x * sigmoid(fc2(relu(fc1(mean_{T,H,W}(x)))))`` with ``fc1``/``fc2`` 1x1x1
+    convolutions with bias and ``round_width(C, ratio)`` hidden channels
+    (fvcore's ``SqueezeExcitation(is_3d=True)`` / PySlowFast's ``SE``).
+
+    Attributes:
+      ratio: hidden width as a fraction of the input width (X3D: 0.0625).
+      dtype: computation dtype.
+    """
+
+    ratio: float = 0.0625
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Gates ``x`` of shape ``(B, T, H, W, C)``; returns the same shape."""
+        channels = x.shape[-1]
+        hidden = round_width(channels, self.ratio)
+        s = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3), keepdims=True).astype(self.dtype)
+        s = conv3d(hidden, (1, 1, 1), use_bias=True, dtype=self.dtype, name="fc1")(s)
+        s = nn.relu(s)
+        s = conv3d(channels, (1, 1, 1), use_bias=True, dtype=self.dtype, name="fc2")(s)
+        return x * nn.sigmoid(s)

@@ -1,0 +1,123 @@
+"""What each ``config.mode`` does; ``main`` calls :func:`run`."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+
+from vkd_jax import checkpoint, experiment, sharding, train
+from vkd_jax.data import inspect, pipeline
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> Any:
+    """Dispatches on ``config.mode`` (validated by ``config_lib.validate``)."""
+    return {
+        "data": run_data,
+        "train": run_train,
+        "distill": run_distill,
+        "evaluate": run_evaluate,
+        "experiment": experiment.run_experiment,
+        "ablation": experiment.run_ablation,
+        "cka": run_cka,
+    }[config.mode](config, workdir)
+
+
+def run_data(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Builds the dataset, prints its statistics and writes a contact sheet PNG."""
+    builder = pipeline.load_builder(config.data)
+    info = pipeline.dataset_info(config.data)
+    stats = {"dataset": config.data.name, "builder_config": config.data.builder_config,
+             "num_classes": info.num_classes, "splits": info.split_sizes}  # fmt: skip
+    shape = builder.info.features[config.data.video_key].shape
+    stats["video_shape"] = [int(d) if d is not None else None for d in shape]
+    stats["examples_per_class"] = {
+        split: {
+            info.class_names[c]: n
+            for c, n in sorted(inspect.class_counts(builder, split, config.data.label_key).items())
+        }
+        for split in info.split_sizes
+    }
+    print(json.dumps(stats, indent=2))
+    path = os.path.join(workdir, "contact_sheet.png")
+    inspect.contact_sheet(
+        builder, config.data.train_split, path, video_key=config.data.video_key,
+        label_key=config.data.label_key,
+    )  # fmt: skip
+    with open(os.path.join(workdir, "data_stats.json"), "w") as f:
+        json.dump(stats, f, indent=2)
+    print(f"Contact sheet: {path}")
+    return stats
+
+
+def run_train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Supervised training of the student or of one teacher (``config.train_model``)."""
+    if config.train_model == "student":
+        spec = config.student
+    elif config.train_model in config.teachers:
+        spec = config.teachers[config.train_model]
+    else:
+        raise ValueError(
+            f"config.train_model={config.train_model!r} is neither 'student' nor a teacher "
+            f"name ({sorted(config.teachers)})"
+        )
+    summary = train.run(
+        config,
+        train.Stage(
+            name=f"train_{config.train_model}", workdir=workdir, model=spec,
+            loss=train.supervised_loss(config.loss), num_steps=config.train.num_steps,
+        ),  # fmt: skip
+    )
+    _print_summary(summary)
+    return summary
+
+
+def run_distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Distills the student from teachers given as checkpoints in the config."""
+    summary = train.run(
+        config,
+        train.Stage(
+            name="distill", workdir=workdir, model=config.student, loss=config.loss,
+            num_steps=config.train.num_steps, teachers=dict(config.teachers),
+        ),  # fmt: skip
+    )
+    _print_summary(summary)
+    return summary
+
+
+def run_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Evaluates ``config.student.checkpoint`` (or ``<workdir>/model``)."""
+    path = config.student.checkpoint or os.path.join(workdir, "model")
+    info = pipeline.dataset_info(config.data)
+    module, variables, meta = checkpoint.load_model(
+        path, num_classes=info.num_classes, dtype=train.compute_dtype(config), what="model"
+    )
+    summary = train.evaluate_model(
+        config, module, variables, info, workdir, mesh=sharding.make_mesh(config.mesh.data)
+    )
+    summary.update(model=f"{meta['name']}/{meta['variant']}", checkpoint=path)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, train.EVAL_FILE), "w") as f:
+            json.dump(summary, f, indent=2)
+    _print_summary(summary)
+    return summary
+
+
+def run_cka(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """CKA maps of a finished experiment workdir's teachers and students."""
+    from vkd_jax import cka_maps
+
+    return cka_maps.experiment_maps(config, workdir, None)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    logging.info("%s", {k: v for k, v in summary.items() if k not in ("confusion", "per_class")})
+    print(
+        f"{summary.get('model')}: top-1 {100 * summary['top1']:.1f}%  "
+        f"top-5 {100 * summary['top5']:.1f}%  params {summary['params']:,}  "
+        f"GMACs {summary['gmacs']:.4f}"
+    )

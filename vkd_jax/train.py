@@ -1,0 +1,359 @@
+"""One training stage: supervised training or distillation of one model, then evaluation.
+
+Reads top to bottom: mesh -> dataset -> models (student, frozen teachers,
+training-only heads) -> optimizer -> state (fresh or resumed) -> jitted step
+-> loop (metrics, progress, checkpoints, preemption, non-finite guard) ->
+export of the deployable student -> evaluation.
+
+A stage's directory holds ``checkpoints/`` (resumable state), ``model/`` (the
+exported student, loadable as a teacher), ``eval.json``, ``confusion.png`` and
+TensorBoard event files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from vkd_jax import checkpoint, evaluation, models, sharding, train_step
+from vkd_jax.data import pipeline
+from vkd_jax.losses import objective
+
+EVAL_FILE = "eval.json"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or gradient became NaN/inf; the last checkpoint is intact."""
+
+
+@dataclasses.dataclass
+class Stage:
+    """What one stage trains.
+
+    Attributes:
+      name: human-readable name (used in logs and results).
+      workdir: the stage's directory.
+      model: model entry (``name``, ``variant``) of the trained model.
+      loss: the objective's config (``loss`` section); CE-only for supervised.
+      num_steps: optimizer updates.
+      teachers: teacher name -> model entry with a ``checkpoint`` directory.
+    """
+
+    name: str
+    workdir: str
+    model: ml_collections.ConfigDict
+    loss: ml_collections.ConfigDict
+    num_steps: int
+    teachers: Mapping[str, ml_collections.ConfigDict] = dataclasses.field(default_factory=dict)
+
+
+def supervised_loss(loss_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The objective with every distillation term off (cross-entropy only)."""
+    cfg = ml_collections.ConfigDict(loss_cfg.to_dict())
+    for key in ("kd_weight", "sdd_weight", "rkd_distance_weight", "rkd_angle_weight"):
+        cfg[key] = 0.0
+    cfg.feature_kd_weight = 0.0
+    cfg.sdd.adapter_weight = 0.0
+    return cfg
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> Any:
+    if config.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"config.dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
+    return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+
+
+def model_metadata(config: ml_collections.ConfigDict, spec: Any, num_classes: int) -> dict:
+    """What a model directory records so it can be reloaded and reused as a teacher."""
+    return {
+        "name": spec.name,
+        "variant": spec.variant,
+        "num_classes": int(num_classes),
+        "num_frames": int(config.data.num_frames),
+        "crop_size": int(config.data.crop_size),
+        "mean": list(config.data.mean),
+        "std": list(config.data.std),
+        "dataset": config.data.name,
+    }
+
+
+def load_teachers(
+    config: ml_collections.ConfigDict,
+    teachers: Mapping[str, Any],
+    names: tuple[str, ...],
+    num_classes: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Loads the named teachers, failing before any compute on a bad entry."""
+    modules, variables = {}, {}
+    for name in names:
+        if name not in teachers:
+            raise ValueError(
+                f"The loss needs teacher {name!r} but config.teachers has {sorted(teachers)}"
+            )
+        spec = teachers[name]
+        if not spec.checkpoint:
+            raise checkpoint.CheckpointError(
+                f"Teacher {name!r} has no checkpoint: set config.teachers.{name}.checkpoint"
+            )
+        module, var, meta = checkpoint.load_model(
+            spec.checkpoint,
+            num_classes=num_classes,
+            dtype=compute_dtype(config),
+            what=f"teacher {name!r}",
+        )
+        if (meta["name"], meta["variant"]) != (spec.name, spec.variant):
+            logging.warning(
+                "Teacher %r: config says %s/%s, checkpoint holds %s/%s; using the checkpoint's",
+                name, spec.name, spec.variant, meta["name"], meta["variant"],
+            )  # fmt: skip
+        modules[name], variables[name] = module, var
+    return modules, variables
+
+
+class _Preemption:
+    """Turns SIGTERM (TPU preemption, job schedulers) into a flag the loop checks."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # Not the main thread: leave signals alone.
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: saving a checkpoint, then exiting")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
+    """Trains (or resumes) one stage, exports its model and evaluates it.
+
+    Returns:
+      The evaluation summary (accuracy, parameters, GMACs, ...) also written to
+      ``<stage.workdir>/eval.json``. A finished stage is not run again: its
+      stored summary is returned.
+    """
+    eval_path = os.path.join(stage.workdir, EVAL_FILE)
+    model_dir = os.path.join(stage.workdir, "model")
+    if os.path.isfile(eval_path) and os.path.isfile(
+        os.path.join(model_dir, checkpoint.METADATA_FILE)
+    ):
+        logging.info("Stage %s already finished in %s; skipping", stage.name, stage.workdir)
+        with open(eval_path) as f:
+            return json.load(f)
+    os.makedirs(stage.workdir, exist_ok=True)
+
+    # ------------------------------------------------------------ mesh, data
+    mesh = sharding.make_mesh(config.mesh.data)
+    info = pipeline.dataset_info(config.data)
+    local_batch = sharding.local_batch_size(config.train.batch_size)
+    if config.train.batch_size % (mesh.size * config.optim.grad_accum_steps):
+        raise ValueError(
+            f"train.batch_size={config.train.batch_size} must be divisible by devices "
+            f"({mesh.size}) x optim.grad_accum_steps ({config.optim.grad_accum_steps})"
+        )
+
+    # ----------------------------------------------------------------- models
+    dtype = compute_dtype(config)
+    student = models.get_model(
+        stage.model.name, variant=stage.model.variant, num_classes=info.num_classes, dtype=dtype
+    )
+    loss_cfg = ml_collections.FrozenConfigDict(stage.loss)
+    teachers, teacher_vars = load_teachers(
+        config, stage.teachers, objective.required_teachers(loss_cfg), info.num_classes
+    )
+    heads = objective.DistillationHeads(loss_cfg=loss_cfg, dtype=dtype)
+    tx, schedule = train_step.make_optimizer(config.optim, stage.num_steps)
+
+    # ------------------------------------------------------------------ state
+    repl = sharding.replicated(mesh)
+    t, s = config.data.num_frames, config.data.crop_size
+    sample = jnp.zeros((2, t, s, s, 3), jnp.float32)
+    init = jax.jit(
+        lambda rng, tv: train_step.init_state(
+            rng=rng, student=student, heads=heads, teachers=teachers, teacher_vars=tv,
+            tx=tx, video=sample,
+        ),  # fmt: skip
+        out_shardings=repl,
+    )
+    rng = jax.random.key(config.seed)
+    teacher_vars = jax.device_put(teacher_vars, repl)
+    abstract_state = jax.eval_shape(init, rng, teacher_vars)
+    abstract_state = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract_state
+    )
+    manager = checkpoint.checkpoint_manager(
+        os.path.join(stage.workdir, "checkpoints"), max_to_keep=config.train.max_to_keep
+    )
+    restored = checkpoint.restore_state(manager, abstract_state)
+    if restored is None:
+        state, start_step = init(jax.random.fold_in(rng, 1), teacher_vars), 0
+    else:
+        state, start_step = restored
+
+    # ------------------------------------------------------------------- step
+    step_fn = train_step.make_train_step(
+        student=student, heads=heads, teachers=teachers, loss_cfg=loss_cfg, tx=tx,
+        schedule=schedule, rng=jax.random.fold_in(rng, 2),
+        accum_steps=config.optim.grad_accum_steps,
+    )  # fmt: skip
+    p_step = jax.jit(
+        step_fn,
+        in_shardings=(repl, repl, sharding.data_sharding(mesh)),
+        out_shardings=(repl, repl),
+        donate_argnums=(0,),
+    )
+
+    # ------------------------------------------------------------------- loop
+    writer = metric_writers.create_default_writer(
+        stage.workdir, just_logging=jax.process_index() > 0
+    )
+    if start_step < stage.num_steps:
+        logging.info(
+            "Stage %s: training %s/%s for %d steps (from step %d), batch %d, teachers %s",
+            stage.name, stage.model.name, stage.model.variant, stage.num_steps, start_step,
+            config.train.batch_size, sorted(teachers) or "none",
+        )  # fmt: skip
+        ds = pipeline.train_dataset(config.data, batch_size=local_batch, seed=config.seed)
+        # The pipeline is deterministic for its seed: skipping the batches already
+        # consumed puts a resumed run on exactly the data an uninterrupted one sees.
+        batches = iter(ds.skip(start_step).as_numpy_iterator())
+        state = _train_loop(
+            config, stage, mesh, p_step, state, teacher_vars, batches, start_step, manager,
+            writer,
+        )  # fmt: skip
+    manager.close()
+
+    # ------------------------------------------------------------ export, eval
+    variables = {"params": state.params["student"]}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    meta = model_metadata(config, stage.model, info.num_classes)
+    meta["stage"] = stage.name
+    checkpoint.save_model(model_dir, variables, meta)
+    summary = evaluate_model(config, student, variables, info, stage.workdir, mesh=mesh)
+    summary.update(stage=stage.name, model=f"{stage.model.name}/{stage.model.variant}")
+    summary["train_steps"] = stage.num_steps
+    writer.write_scalars(stage.num_steps, {"eval/top1": summary["top1"]})
+    writer.flush()
+    if jax.process_index() == 0:
+        with open(eval_path, "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
+
+
+def _train_loop(config, stage, mesh, p_step, state, teacher_vars, batches, start_step, manager,
+                writer):  # fmt: skip
+    """Runs steps ``start_step+1 .. num_steps``; checkpoints; stops loudly on NaN."""
+    report = periodic_actions.ReportProgress(num_train_steps=stage.num_steps, writer=writer)
+    log_every = max(1, config.train.log_every)
+    sums, count, last_log = None, 0, time.time()
+    pending = None  # (step, metrics) of the previous step, checked one step late.
+    with _Preemption() as preemption:
+        for step in range(start_step + 1, stage.num_steps + 1):
+            batch = sharding.to_global(next(batches), mesh)
+            state, metrics = p_step(state, teacher_vars, batch)
+            # Reading the previous step's flag lets this step run meanwhile.
+            if pending is not None:
+                _check_finite(*pending, manager=manager)
+            pending = (step, metrics)
+            sums = metrics if sums is None else jax.tree_util.tree_map(jnp.add, sums, metrics)
+            count += 1
+            report(step)
+            if step % log_every == 0 or step == stage.num_steps:
+                _check_finite(step, metrics, manager=manager)
+                means = {k: float(v) / count for k, v in jax.device_get(sums).items()}
+                means.pop("finite", None)
+                rate = count / max(time.time() - last_log, 1e-9)
+                eta = (stage.num_steps - step) / max(rate, 1e-9)
+                logging.info(
+                    "[%s] step %d/%d  loss %.4f  acc %.3f  %.2f steps/s  ETA %s",
+                    stage.name, step, stage.num_steps, means.get("loss", float("nan")),
+                    means.get("accuracy", float("nan")), rate, _fmt_time(eta),
+                )  # fmt: skip
+                writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
+                sums, count, last_log = None, 0, time.time()
+            if step % config.train.checkpoint_every == 0 or step == stage.num_steps:
+                _check_finite(step, metrics, manager=manager)
+                checkpoint.save_state(manager, step, state)
+            if preemption.requested:
+                _check_finite(step, metrics, manager=manager)
+                checkpoint.save_state(manager, step, state)
+                manager.wait_until_finished()
+                raise SystemExit(f"Preempted at step {step}; checkpoint saved, rerun to resume")
+    manager.wait_until_finished()
+    writer.flush()
+    return state
+
+
+def _check_finite(step: int, metrics: Mapping[str, jax.Array], *, manager) -> None:
+    if bool(metrics["finite"]):
+        return
+    terms = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}
+    manager.wait_until_finished()
+    raise NonFiniteLossError(
+        f"Non-finite loss at step {step}: {terms}. The update was not applied; the last "
+        f"checkpoint (step {manager.latest_step()}) is intact. Lower optim.learning_rate or "
+        "check the inputs."
+    )
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def evaluate_model(
+    config: ml_collections.ConfigDict,
+    model: Any,
+    variables: Mapping[str, Any],
+    info: pipeline.DatasetInfo,
+    outdir: str,
+    *,
+    mesh: Any,
+) -> dict[str, Any]:
+    """Multi-view accuracy on the eval split, plus size and speed of the model.
+
+    Writes ``confusion.png`` to ``outdir`` and returns a JSON-able summary.
+    """
+    local_batch = sharding.local_batch_size(config.train.eval_batch_size)
+    ds = pipeline.eval_dataset(config.data, batch_size=local_batch)
+    batches = (sharding.to_global(b, mesh) for b in ds.as_numpy_iterator())
+    summary = evaluation.evaluate(
+        model, variables, batches, num_classes=info.num_classes, class_names=info.class_names
+    )
+    input_shape = (config.data.num_frames, config.data.crop_size, config.data.crop_size)
+    summary["params"] = evaluation.count_params(variables["params"])
+    summary["gmacs"] = evaluation.count_macs(model, variables, input_shape) / 1e9
+    summary["latency"] = evaluation.measure_latency(
+        model, variables, input_shape, batch_size=config.eval.latency_batch_size,
+        iters=config.eval.latency_iters,
+    )  # fmt: skip
+    summary["input_shape"] = list(input_shape)
+    summary["views"] = config.data.eval_num_clips * config.data.eval_num_crops
+    if jax.process_index() == 0:
+        evaluation.plot_confusion(
+            np.asarray(summary["confusion"]), info.class_names,
+            os.path.join(outdir, "confusion.png"), title=f"{model.__class__.__name__}",
+        )  # fmt: skip
+    return summary

@@ -1,0 +1,211 @@
+"""TrainState and the jitted train step shared by supervised training and distillation.
+
+Supervised training is distillation with every term but cross-entropy switched
+off, so there is one step. The teachers are frozen by construction: their
+variables are a separate, non-donated argument, they run with ``train=False``
+under ``stop_gradient``, and gradients are taken only with respect to
+``TrainState.params`` = ``{"student": ..., "heads": ...}`` (the training-only
+SDD branch and adapters live under ``heads``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from vkd_jax.losses import objective
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a training stage checkpoints.
+
+    Attributes:
+      step: optimizer updates done (int32 scalar).
+      params: ``{"student": ..., "heads": ...}``, the trainable subtrees.
+      batch_stats: the student's batch-norm statistics (``{}`` for models without).
+      opt_state: optax state of ``params``.
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def make_optimizer(optim_cfg: Any, num_steps: int) -> tuple[optax.GradientTransformation, Any]:
+    """Optimizer and learning-rate schedule from the config's ``optim`` section.
+
+    Linear warmup then cosine decay to ``min_learning_rate``; global-norm
+    clipping; weight decay only on kernels (ndim > 1), never on biases, norms'
+    scales or embeddings' 1-D vectors.
+
+    Returns:
+      ``(tx, schedule)``.
+    """
+    warmup = min(int(optim_cfg.warmup_steps), max(num_steps - 1, 0))
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=float(optim_cfg.learning_rate),
+        warmup_steps=warmup,
+        decay_steps=max(num_steps, warmup + 1),
+        end_value=float(optim_cfg.min_learning_rate),
+    )
+    decay_mask = lambda params: jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
+    parts = []
+    if optim_cfg.grad_clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(float(optim_cfg.grad_clip_norm)))
+    if optim_cfg.optimizer == "adamw":
+        parts.append(
+            optax.adamw(schedule, weight_decay=float(optim_cfg.weight_decay), mask=decay_mask)
+        )
+    elif optim_cfg.optimizer == "sgd":
+        parts.append(optax.add_decayed_weights(float(optim_cfg.weight_decay), mask=decay_mask))
+        parts.append(optax.sgd(schedule, momentum=float(optim_cfg.momentum)))
+    else:
+        raise ValueError(f"Unknown optimizer {optim_cfg.optimizer!r}; use 'adamw' or 'sgd'")
+    return optax.chain(*parts), schedule
+
+
+def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+    out = {"params": params}
+    if batch_stats:
+        out["batch_stats"] = batch_stats
+    return out
+
+
+def teacher_outputs(
+    teachers: Mapping[str, Any], teacher_vars: Mapping[str, Any], video: jax.Array
+) -> dict[str, tuple[jax.Array, dict[str, jax.Array]]]:
+    """Runs the frozen teachers (``train=False``, no gradient) on one batch."""
+    out = {name: teachers[name].apply(teacher_vars[name], video, train=False) for name in teachers}
+    return jax.lax.stop_gradient(out)
+
+
+def init_state(
+    *,
+    rng: jax.Array,
+    student: Any,
+    heads: Any,
+    teachers: Mapping[str, Any],
+    teacher_vars: Mapping[str, Any],
+    tx: optax.GradientTransformation,
+    video: jax.Array,
+) -> TrainState:
+    """Initializes the student, the training-only heads and the optimizer state.
+
+    ``video`` is a sample batch (only its shape matters); the heads need the
+    teachers' feature shapes, so the teachers run once on it.
+    """
+    rng_student, rng_heads = jax.random.split(rng)
+    variables = student.init(rng_student, video, train=False)
+    _, student_features = student.apply(variables, video, train=False)
+    t_out = teacher_outputs(teachers, teacher_vars, video)
+    head_vars = heads.init(
+        rng_heads, student_features, {n: o[1] for n, o in t_out.items()}, train=False
+    )
+    params = {"student": variables["params"], "heads": head_vars.get("params", {})}
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+    )
+
+
+def make_train_step(
+    *,
+    student: Any,
+    heads: Any,
+    teachers: Mapping[str, Any],
+    loss_cfg: Any,
+    tx: optax.GradientTransformation,
+    schedule: Callable[[jax.Array], jax.Array],
+    rng: jax.Array,
+    accum_steps: int = 1,
+) -> Callable[[TrainState, Mapping[str, Any], Mapping[str, jax.Array]], tuple[TrainState, dict]]:
+    """Returns ``step(state, teacher_vars, batch) -> (state, metrics)`` (not yet jitted).
+
+    The batch is split into ``accum_steps`` micro-batches whose gradients are
+    averaged before one update (gradient accumulation). A non-finite loss or
+    gradient leaves the state unchanged (the update is masked out) and reports
+    ``metrics["finite"] = False``, so a NaN never reaches the parameters or a
+    checkpoint; the host stops the run when it sees the flag.
+    """
+
+    def loss_fn(params, batch_stats, teacher_vars, video, labels, step_rng):
+        (logits, features), mutated = student.apply(
+            _variables(params["student"], batch_stats),
+            video,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": step_rng},
+        )
+        t_out = teacher_outputs(teachers, teacher_vars, video)
+        head_out = heads.apply(
+            {"params": params["heads"]},
+            features,
+            {n: o[1] for n, o in t_out.items()},
+            train=True,
+            rngs={"dropout": step_rng},
+        )
+        loss, metrics = objective.total_loss(
+            loss_cfg,
+            labels=labels,
+            student_logits=logits,
+            student_features=features,
+            teacher_outputs=t_out,
+            head_outputs=head_out,
+        )
+        metrics = dict(metrics, loss=loss)
+        return loss, (metrics, mutated.get("batch_stats", batch_stats))
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(state: TrainState, teacher_vars, batch):
+        step_rng = jax.random.fold_in(rng, state.step)
+        video, labels = batch["video"], batch["label"]
+        if accum_steps == 1:
+            (loss, (metrics, batch_stats)), grads = grad_fn(
+                state.params, state.batch_stats, teacher_vars, video, labels, step_rng
+            )
+        else:
+            micro = lambda x: x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:])
+            videos, labelss = micro(video), micro(labels)
+
+            def body(carry, inputs):
+                batch_stats, grad_sum = carry
+                i, v, y = inputs
+                (_, (m, batch_stats)), g = grad_fn(
+                    state.params, batch_stats, teacher_vars, v, y, jax.random.fold_in(step_rng, i)
+                )
+                return (batch_stats, jax.tree_util.tree_map(jnp.add, grad_sum, g)), m
+
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+            (batch_stats, grads), metrics = jax.lax.scan(
+                body, (state.batch_stats, zeros), (jnp.arange(accum_steps), videos, labelss)
+            )
+            grads = jax.tree_util.tree_map(lambda g: g / accum_steps, grads)
+            metrics = jax.tree_util.tree_map(jnp.mean, metrics)
+            loss = metrics["loss"]
+
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new_state = TrainState(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+        )
+        # Keep the old state on a non-finite step: nothing non-finite is ever stored.
+        new_state = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(finite, new, old), new_state, state
+        )
+        metrics = dict(metrics)
+        metrics.update(grad_norm=grad_norm, learning_rate=schedule(state.step), finite=finite)
+        return new_state, metrics
+
+    return step
