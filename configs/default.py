@@ -54,6 +54,20 @@ def get_config() -> ml_collections.ConfigDict:
     d.shuffle_buffer = 2048  # Examples in the shuffle buffer.
     d.cache = True  # Cache decoded examples in memory (small datasets only).
     d.prefetch = 2  # Batches prefetched to the device.
+    # Real videos (name="video_folder"): see docs/datasets.md for each dataset's layout.
+    d.folder = f = ml_collections.ConfigDict()
+    f.root = ""  # Folder holding the videos.
+    f.annotations = ""  # Annotation/split files folder or file ("" = root).
+    f.layout = "generic"  # generic | ucf101 | hmdb51 | kinetics400 | ssv2 | epic_kitchens100.
+    f.split = 1  # Official split number (UCF101 1-3, HMDB51 1-3).
+    f.short_side = 128  # Frames resized so the short side is this (0 = keep).
+    f.fps = 0.0  # Frames resampled to this rate (0 = keep the source rate).
+    f.max_frames = 0  # First frames kept per video (0 = all).
+    f.subset = 0  # Seeded class-balanced subset of N training videos (0 = all).
+    f.seed = 0  # Seed of `subset` and of the generic layout's 80/20 split.
+    f.encoding = "jpeg"  # Stored frame encoding: jpeg | png (lossless, ~5x larger).
+    f.num_workers = 2  # Decoding worker processes.
+    f.name = ""  # Name of the built dataset version ("" = derived from the settings).
 
     # --------------------------------------------------------------- models
     c.student = model_spec("x3d", "tiny")  # The model distilled (and trained from scratch).

@@ -29,7 +29,9 @@ class TinyVideoNet(nn.Module):
 
 
 def _init(model, shape=(1, 4, 8, 8, 3), seed=0):
-    return model.init(jax.random.key(seed), jnp.zeros(shape, jnp.float32), train=False)
+    # Jitted: one compilation instead of one per op, which matters on a loaded CPU.
+    init = jax.jit(lambda key, x: model.init(key, x, train=False))
+    return init(jax.random.key(seed), jnp.zeros(shape, jnp.float32))
 
 
 def _np_softmax(x):
@@ -65,8 +67,9 @@ def test_count_macs_grouped_strided_conv_and_attention_by_hand():
     class Block(nn.Module):
         @nn.compact
         def __call__(self, video, train: bool = False):
-            # Strided depthwise conv: out (2, 4, 4, 6), 3*3*3 taps, 1 input channel per group.
-            x = nn.Conv(6, (3, 3, 3), strides=(2, 2, 2), feature_group_count=6)(video)
+            # Strided grouped conv 3 -> 6 channels in 3 groups: out (2, 4, 4, 6), 3*3*3 taps,
+            # 1 input channel per group.
+            x = nn.Conv(6, (3, 3, 3), strides=(2, 2, 2), feature_group_count=3)(video)
             tokens = x.reshape(x.shape[0], -1, 6)  # (B, N=32, 6)
             q = nn.Dense(6, use_bias=False)(tokens)
             # Attention-like matmuls: (N x 6) @ (6 x N) then (N x N) @ (N x 6).
@@ -75,10 +78,22 @@ def test_count_macs_grouped_strided_conv_and_attention_by_hand():
             return out.mean(axis=1), {}
 
     model = Block()
-    variables = _init(model, (1, 4, 8, 8, 6))
+    variables = _init(model)
     n = 2 * 4 * 4
     expected = n * 6 * 27 * 1 + n * 6 * 6 + n * n * 6 + n * n * 6
     assert evaluation.count_macs(model, variables, (4, 8, 8)) == expected
+
+
+def test_count_macs_ignores_features_the_logits_do_not_use():
+    class WithSideFeature(nn.Module):
+        @nn.compact
+        def __call__(self, video, train: bool = False):
+            pooled = video.mean(axis=(1, 2, 3))  # (B, 3)
+            side = nn.Dense(100, name="side")(pooled)  # Only returned as a feature.
+            return nn.Dense(4, name="head")(pooled), {"side": side}
+
+    model = WithSideFeature()
+    assert evaluation.count_macs(model, _init(model), (4, 8, 8)) == 3 * 4
 
 
 def test_count_macs_inside_scan_is_multiplied_by_length():
@@ -148,7 +163,8 @@ def test_topk_correct_by_hand():
     probs = np.array([[0.1, 0.5, 0.4], [0.7, 0.2, 0.1], [0.3, 0.3, 0.4]])
     labels = np.array([2, 0, 1])
     np.testing.assert_array_equal(evaluation.topk_correct(probs, labels, 1), [False, True, False])
-    np.testing.assert_array_equal(evaluation.topk_correct(probs, labels, 2), [True, True, True])
+    # Row 3 ties classes 0 and 1 at 0.3: the top-2 is {2, 0}, so label 1 is out.
+    np.testing.assert_array_equal(evaluation.topk_correct(probs, labels, 2), [True, True, False])
     # k clipped to the number of classes.
     np.testing.assert_array_equal(evaluation.topk_correct(probs, labels, 5), [True, True, True])
     # Ties resolve to the lower index, like argmax: a constant output is right for class 0 only.
@@ -181,10 +197,11 @@ def test_make_eval_step_folds_views_into_batch():
     variables = _init(model)
     videos = jax.random.normal(jax.random.key(1), (2, 3, 4, 8, 8, 3))
     logits = evaluation.make_eval_step(model)(variables, videos)
+    apply = jax.jit(model.apply)  # One view at a time, compiled once.
     assert logits.shape == (2, 3, 5)
     for b in range(2):
         for v in range(3):
-            expected, _ = model.apply(variables, videos[b, v][None], train=False)
+            expected, _ = apply(variables, videos[b, v][None])
             np.testing.assert_allclose(logits[b, v], expected[0], rtol=1e-5, atol=1e-5)
 
 
@@ -197,11 +214,14 @@ def test_evaluate_matches_per_view_reference_and_respects_mask():
     mask = np.array([True, True, True, True, False, False])
 
     # Independent reference: apply each view separately, NumPy softmax, average, argmax.
+    apply = jax.jit(model.apply)
     ref_probs = np.stack(
         [
             np.mean(
-                [_np_softmax(np.asarray(model.apply(variables, videos[i, v][None])[0][0])) for v in
-                 range(2)],
+                [
+                    _np_softmax(np.asarray(apply(variables, videos[i, v][None])[0][0]))
+                    for v in range(2)
+                ],
                 axis=0,
             )
             for i in range(4)
@@ -226,6 +246,28 @@ def test_evaluate_matches_per_view_reference_and_respects_mask():
         model, variables, [{"video": videos, "label": labels}], num_classes=3, class_names=None
     )
     assert s["num_examples"] == 6
+
+
+def test_evaluate_on_batches_sharded_over_devices():
+    # Run with XLA_FLAGS=--xla_force_host_platform_device_count=N to shard over N devices.
+    devices = np.array(jax.devices())
+    mesh = jax.sharding.Mesh(devices, ("data",))
+    shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    model = TinyVideoNet(num_classes=3)
+    variables = _init(model)
+    b = 2 * len(devices)
+    videos = np.random.default_rng(1).normal(size=(b, 2, 4, 8, 8, 3)).astype(np.float32)
+    labels = np.arange(b) % 3
+    mask = np.arange(b) < b - 1  # The last example is padding.
+    local = evaluation.evaluate(
+        model, variables, [{"video": videos, "label": labels, "mask": mask}], num_classes=3
+    )
+    batch = {k: jax.device_put(v, shard) for k, v in
+             {"video": videos, "label": labels, "mask": mask}.items()}  # fmt: skip
+    sharded = evaluation.evaluate(model, variables, [batch], num_classes=3)
+    assert sharded["num_examples"] == local["num_examples"] == b - 1
+    assert sharded["confusion"] == local["confusion"]
+    assert sharded["top1"] == pytest.approx(local["top1"])
 
 
 def test_plot_confusion_writes_png(tmp_path):

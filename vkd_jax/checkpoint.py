@@ -116,6 +116,8 @@ def load_model(
             "matching dataset"
         )
     kwargs = {} if dtype is None else {"dtype": dtype}
+    if "num_frames" in meta and "crop_size" in meta:
+        kwargs["input_size"] = (meta["num_frames"], meta["crop_size"], meta["crop_size"])
     module = models.get_model(
         meta["name"], variant=meta["variant"], num_classes=int(meta["num_classes"]), **kwargs
     )

@@ -38,6 +38,12 @@ def _flat_keys(cfg, prefix=""):
             yield name
 
 
+def _get(config, dotted: str):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first unknown key or bad value of ``config``."""
     if config.get("mode") not in MODES:
@@ -52,6 +58,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 f"Unknown config key {key!r} (not declared in configs/default.py); "
                 "check its spelling"
             )
+    missing = [key for key in _flat_keys(config) if _get(config, key) is None]
+    if missing:
+        raise ValueError(
+            "Required config keys not set: "
+            + ", ".join(missing)
+            + " (pass them as --config.<key>=<value>)"
+        )
     spec_keys = {"name", "variant", "checkpoint"}
     for name, spec in config.teachers.items():
         if not isinstance(spec, ml_collections.ConfigDict) or set(spec.keys()) != spec_keys:

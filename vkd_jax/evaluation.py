@@ -102,13 +102,16 @@ def count_macs(
     - ``"jaxpr"`` (default): fvcore's ``flop_count`` convention, the one behind the
       published X3D / MViT "GFLOPs": ``conv_general_dilated`` counts ``out_numel *
       C_in/groups * prod(kernel)`` and ``dot_general`` counts ``out_numel * contracted size``
-      (linear layers, attention matmuls, einsums); everything else counts 0.
+      (linear layers, attention matmuls, einsums); everything else counts 0. Ops that do not
+      feed the logits are dropped first.
     - ``"xla"``: ``flops / 2`` from ``jax.jit(f).lower(...).compile().cost_analysis()``.
       XLA counts 2 flops per multiply-add, but also (a) 1 flop per element of elementwise
       ops (bias add, activations, normalization, residual adds), which raises the figure,
       and (b) skips kernel taps that fall on zero padding, which lowers it (a 3x3x3 'SAME'
       conv on a 4x8x8 map counts (10*22*22)/(12*24*24) = 70% of fvcore's MACs). Backend
-      dependent; useful as a cross-check, not for comparison with papers.
+      dependent; useful as a cross-check, not for comparison with papers. Measured on
+      XLA:CPU against the fvcore count: X3D-S +5.0%, X3D-M about +5.5%, MViTv2-S about +3.1%,
+      R(2+1)D-18 -4.9% (small 112x112 maps: padding dominates).
 
     Args:
       model: a flax module whose ``apply(variables, video, train=False)`` returns
@@ -129,8 +132,17 @@ def count_macs(
         return logits  # Features are dead code unless the logits need them, as in deployment.
 
     if method == "jaxpr":
-        closed = jax.make_jaxpr(forward)(abstract_variables, video)
-        return _jaxpr_macs(closed.jaxpr) / batch_size
+        jaxpr = jax.make_jaxpr(forward)(abstract_variables, video).jaxpr
+        # Tracing keeps ops whose results nothing uses (e.g. a feature computed only for
+        # distillation); drop them, as XLA and a deployed model would. Private API: without
+        # it such ops would be counted, so fall back rather than fail.
+        try:
+            from jax._src.interpreters import partial_eval
+
+            jaxpr, _ = partial_eval.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
+        except (ImportError, AttributeError):
+            pass
+        return _jaxpr_macs(jaxpr) / batch_size
     if method == "xla":
         cost = jax.jit(forward).lower(abstract_variables, video).compile().cost_analysis()
         # jax 0.10 returns a dict; older versions returned a list with one dict per program.
@@ -283,6 +295,16 @@ def make_eval_step(model: Any):
     return step
 
 
+def _to_host(x: Any) -> np.ndarray:
+    """The whole (global) array as NumPy on this host."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        # Multi-process: each process holds only its shards; gather the global array.
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
 def evaluate(
     model: Any,
     variables: Any,
@@ -298,7 +320,8 @@ def evaluate(
       variables: its variables (``params`` and, for BN models, ``batch_stats``).
       batches: dicts with ``video`` ``(b, V, T, H, W, 3)``, ``label`` ``(b,)`` and optionally
         ``mask`` ``(b,)`` bool (False marks padding examples that fill the last batch).
-        NumPy or (fully addressable) jax arrays.
+        NumPy or jax arrays; global arrays sharded over processes are gathered, so every
+        process returns the summary of the whole set.
       num_classes: number of classes.
       class_names: names of the classes.
 
@@ -309,12 +332,12 @@ def evaluate(
     all_probs, all_labels = [], []
     for batch in batches:
         logits = step(variables, batch["video"])
-        probs = np.asarray(jax.device_get(multiview_predictions(logits)))
-        labels = np.asarray(jax.device_get(batch["label"]))
+        probs = _to_host(multiview_predictions(logits))
+        labels = _to_host(batch["label"])
         mask = batch.get("mask")
-        keep = np.ones(len(labels), bool) if mask is None else np.asarray(jax.device_get(mask))
-        all_probs.append(probs[keep.astype(bool)])
-        all_labels.append(labels[keep.astype(bool)])
+        keep = np.ones(len(labels), bool) if mask is None else _to_host(mask).astype(bool)
+        all_probs.append(probs[keep])
+        all_labels.append(labels[keep])
     probs = np.concatenate(all_probs) if all_probs else np.zeros((0, num_classes), np.float32)
     labels = np.concatenate(all_labels) if all_labels else np.zeros((0,), np.int64)
     summary = accuracy_summary(probs, labels, num_classes, class_names)

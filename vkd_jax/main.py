@@ -6,6 +6,7 @@ All logic lives in importable, tested modules.
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 
 # TensorFlow is used only for tf.data on the host: keep it off accelerators and quiet.
@@ -22,9 +23,21 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and res
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _OwnInfoOnly(std_logging.Filter):
+    """Keeps libraries' INFO chatter (orbax logs every file it writes) out of the run log."""
+
+    _NOISY = ("orbax", "tensorflow_datasets", "etils", "jax/_src", "clu/")
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        if record.levelno >= std_logging.WARNING:
+            return True
+        return not any(part in record.pathname for part in self._NOISY)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_OwnInfoOnly())
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators are JAX's.

@@ -11,7 +11,7 @@ import ml_collections
 from absl import logging
 
 from vkd_jax import checkpoint, experiment, sharding, train
-from vkd_jax.data import inspect, pipeline
+from vkd_jax.data import pipeline, preview
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> Any:
@@ -38,13 +38,13 @@ def run_data(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     stats["examples_per_class"] = {
         split: {
             info.class_names[c]: n
-            for c, n in sorted(inspect.class_counts(builder, split, config.data.label_key).items())
+            for c, n in sorted(preview.class_counts(builder, split, config.data.label_key).items())
         }
         for split in info.split_sizes
     }
     print(json.dumps(stats, indent=2))
     path = os.path.join(workdir, "contact_sheet.png")
-    inspect.contact_sheet(
+    preview.contact_sheet(
         builder, config.data.train_split, path, video_key=config.data.video_key,
         label_key=config.data.label_key,
     )  # fmt: skip

@@ -13,6 +13,7 @@ TensorBoard event files.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -175,9 +176,11 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
 
     # ----------------------------------------------------------------- models
     dtype = compute_dtype(config)
+    t, s = config.data.num_frames, config.data.crop_size
     student = models.get_model(
-        stage.model.name, variant=stage.model.variant, num_classes=info.num_classes, dtype=dtype
-    )
+        stage.model.name, variant=stage.model.variant, num_classes=info.num_classes,
+        dtype=dtype, input_size=(t, s, s),
+    )  # fmt: skip
     loss_cfg = ml_collections.FrozenConfigDict(stage.loss)
     teachers, teacher_vars = load_teachers(
         config, stage.teachers, objective.required_teachers(loss_cfg), info.num_classes
@@ -187,7 +190,6 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
 
     # ------------------------------------------------------------------ state
     repl = sharding.replicated(mesh)
-    t, s = config.data.num_frames, config.data.crop_size
     sample = jnp.zeros((2, t, s, s, 3), jnp.float32)
     init = jax.jit(
         lambda rng, tv: train_step.init_state(
@@ -254,6 +256,7 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
     summary = evaluate_model(config, student, variables, info, stage.workdir, mesh=mesh)
     summary.update(stage=stage.name, model=f"{stage.model.name}/{stage.model.variant}")
     summary["train_steps"] = stage.num_steps
+    summary["params_sha256"] = params_digest(variables)
     writer.write_scalars(stage.num_steps, {"eval/top1": summary["top1"]})
     writer.flush()
     if jax.process_index() == 0:
@@ -316,6 +319,16 @@ def _check_finite(step: int, metrics: Mapping[str, jax.Array], *, manager) -> No
         f"checkpoint (step {manager.latest_step()}) is intact. Lower optim.learning_rate or "
         "check the inputs."
     )
+
+
+def params_digest(tree: Any) -> str:
+    """SHA-256 of this process's copy of a replicated pytree: a reproducibility fingerprint."""
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        local = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf
+        digest.update(jax.tree_util.keystr(path).encode())
+        digest.update(np.ascontiguousarray(np.asarray(local)).tobytes())
+    return digest.hexdigest()
 
 
 def _fmt_time(seconds: float) -> str:

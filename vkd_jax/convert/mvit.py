@@ -96,51 +96,73 @@ def _torch_key(path: tuple[str, ...], layout: str) -> tuple[str, Callable | None
     return f"{name}.{suffix}", transform
 
 
-def _input_size(reader: StateDictReader, layout: str) -> tuple[int, int, int]:
-    """Clip size the first block's rel-pos tables were built for.
+def _input_size(state_dict: dict[str, np.ndarray]) -> tuple[int, int, int]:
+    """Clip size ``(T, H, W)`` the first block's rel-pos tables were built for.
 
     Block 0 has no query stride, so its tables have ``2 * grid - 1`` rows with
-    ``grid = size // patch_stride`` (patch stride 2x4x4).
+    ``grid = size // patch_stride`` (patch stride 2x4x4); the key is the same in
+    both layouts.
     """
-    del layout  # Same rel-pos key in both layouts.
-    keys = {a: f"blocks.0.attn.rel_pos_{a}" for a in "thw"}
-    for key in keys.values():
-        if key not in reader:
+    lengths = {}
+    for axis in "th":
+        key = f"blocks.0.attn.rel_pos_{axis}"
+        if key not in state_dict:
             raise ConversionError(f"Missing key in checkpoint: {key!r}")
-    t_len = reader.keys() and np.shape(_peek(reader, keys["t"]))[0]
-    h_len = np.shape(_peek(reader, keys["h"]))[0]
-    return (2 * (t_len + 1) // 2, 4 * (h_len + 1) // 2, 4 * (h_len + 1) // 2)
+        lengths[axis] = int(np.shape(state_dict[key])[0])
+    spatial = 4 * (lengths["h"] + 1) // 2
+    return (2 * (lengths["t"] + 1) // 2, spatial, spatial)
 
 
-def _peek(reader: StateDictReader, key: str) -> np.ndarray:
-    # Reading a shape is not using the key: StateDictReader.take marks it used.
-    return reader._sd[key]  # noqa: SLF001
-
-
-def _convert(
-    variant: str, state_dict: dict[str, np.ndarray], *, num_classes: int | None
+def convert(
+    state_dict: dict[str, np.ndarray],
+    *,
+    variant: str,
+    num_classes: int | None = None,
+    **overrides,
 ) -> tuple[mvit.MViT, dict]:
+    """Converts an MViTv2 ``state_dict`` of either layout to ``(module, variables)``.
+
+    Args:
+      state_dict: unwrapped ``state_dict`` (NumPy values).
+      variant: a key of ``vkd_jax.models.mvit.VARIANTS`` describing the checkpoint.
+      num_classes: expected classes; ``None`` reads them off the head.
+      **overrides: hyperparameters passed to ``mvit.create`` (``input_size`` is
+        read off the checkpoint unless given).
+
+    Returns:
+      ``(module, {"params": ...})``.
+
+    Raises:
+      ConversionError: on a missing, unexpected or misshaped key, or a class
+        count that differs from ``num_classes``.
+    """
     layout = detect_layout(state_dict)
-    reader = StateDictReader(state_dict)
     head_key = _torch_key(("head", "bias"), layout)[0]
-    if head_key not in reader:
+    if head_key not in state_dict:
         raise ConversionError(f"Missing key in checkpoint: {head_key!r}")
-    ckpt_classes = int(np.shape(_peek(reader, head_key))[0])
+    ckpt_classes = int(np.shape(state_dict[head_key])[0])
     if num_classes is not None and num_classes != ckpt_classes:
         raise ConversionError(
             f"num_classes={num_classes} was requested but the checkpoint's head "
             f"({head_key}) has {ckpt_classes} classes"
         )
-    module = mvit.create(
-        variant, num_classes=ckpt_classes, input_size=_input_size(reader, layout)
-    )
+    overrides.setdefault("input_size", _input_size(state_dict))
+    module = mvit.create(variant, num_classes=ckpt_classes, **overrides)
     t, h, w = module.input_size
     expected = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, t, h, w, 3)))
-    flat = traverse_util.flatten_dict(expected["params"])
+    reader = StateDictReader(state_dict)
     params = {}
-    for path in flat:
+    for path, want in traverse_util.flatten_dict(expected["params"]).items():
         key, transform = _torch_key(path, layout)
-        params[path] = reader.take(key, transform)
+        raw = reader.take(key)
+        value = transform(raw) if transform is not None else raw
+        if tuple(np.shape(value)) != tuple(want.shape):
+            raise ConversionError(
+                f"shape mismatch for {key!r} (params/{'/'.join(path)}): checkpoint gives "
+                f"{tuple(np.shape(raw))} (PyTorch layout), i.e. {tuple(np.shape(value))}, "
+                f"model expects {tuple(want.shape)}"
+            )
+        params[path] = value
     reader.finish()
     variables = {"params": traverse_util.unflatten_dict(params)}
     return module, check_and_cast(variables, {"params": expected["params"]})
@@ -148,12 +170,12 @@ def _convert(
 
 def convert_mvit_v2_s(state_dict: dict[str, np.ndarray], *, num_classes: int | None = None):
     """torchvision ``mvit_v2_s`` / PySlowFast MViTv2-S -> ``(MViT, {"params": ...})``."""
-    return _convert("v2_s", state_dict, num_classes=num_classes)
+    return convert(state_dict, variant="v2_s", num_classes=num_classes)
 
 
 def convert_mvit_v2_b(state_dict: dict[str, np.ndarray], *, num_classes: int | None = None):
     """PySlowFast MViTv2-B (or a torchvision ``MViT`` built like it) -> ``(MViT, variables)``."""
-    return _convert("v2_b", state_dict, num_classes=num_classes)
+    return convert(state_dict, variant="v2_b", num_classes=num_classes)
 
 
 ARCHS = {"mvit_v2_s": convert_mvit_v2_s, "mvit_v2_b": convert_mvit_v2_b}

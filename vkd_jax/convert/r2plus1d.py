@@ -22,15 +22,48 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from vkd_jax.convert import common
 from vkd_jax.models import r2plus1d
 
 
-def _put(tree: dict, path: tuple[str, ...], value: np.ndarray) -> None:
-    for name in path[:-1]:
-        tree = tree.setdefault(name, {})
-    tree[path[-1]] = value
+class _Builder:
+    """Nested variable dicts filled from a reader, remembering each leaf's source key."""
+
+    def __init__(self, reader: common.StateDictReader):
+        self.reader = reader
+        self.variables: dict = {"params": {}, "batch_stats": {}}
+        self.origin: dict[tuple[str, ...], str] = {}
+
+    def put(self, path: tuple[str, ...], key: str, transform=None) -> None:
+        tree = self.variables
+        for name in path[:-1]:
+            tree = tree.setdefault(name, {})
+        tree[path[-1]] = self.reader.take(key, transform)
+        self.origin[path] = key
+
+    def finish(self, module: Any, video_shape: tuple[int, ...]) -> dict[str, Any]:
+        """Checks every key was used and every shape fits, naming both sides on a mismatch."""
+        self.reader.finish()
+        expected = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(video_shape))
+        want = traverse_util.flatten_dict(expected)
+        bad = [
+            f"{key} has shape {self.reader.take(key).shape}, but {'/'.join(path)} needs "
+            f"{tuple(want[path].shape)}"
+            for path, key in self.origin.items()
+            if path in want and np.shape(_get(self.variables, path)) != tuple(want[path].shape)
+        ]
+        if bad:
+            more = f"; ... ({len(bad)} in all)" if len(bad) > 10 else ""
+            raise common.ConversionError("Shape mismatch: " + "; ".join(bad[:10]) + more)
+        return common.check_and_cast(self.variables, expected)
+
+
+def _get(tree: dict, path: tuple[str, ...]) -> Any:
+    for name in path:
+        tree = tree[name]
+    return tree
 
 
 def convert(
@@ -51,25 +84,23 @@ def convert(
         that differs from ``num_classes``.
     """
     reader = common.StateDictReader(state_dict)
-    head = reader.take("fc.weight")
-    found = int(head.shape[0])
+    found = int(reader.take("fc.weight").shape[0])
     if num_classes is not None and num_classes != found:
         raise common.ConversionError(
             f"num_classes={num_classes} was requested but the checkpoint's head fc.weight "
             f"has {found} classes"
         )
     module = r2plus1d.create(variant, num_classes=found)
-    params: dict = {}
-    stats: dict = {}
+    out = _Builder(reader)
 
     def conv(dst: tuple[str, ...], key: str) -> None:
-        _put(params, (*dst, "kernel"), reader.take(f"{key}.weight", common.conv3d_kernel))
+        out.put(("params", *dst, "kernel"), f"{key}.weight", common.conv3d_kernel)
 
     def bn(dst: tuple[str, ...], key: str) -> None:
-        _put(params, (*dst, "scale"), reader.take(f"{key}.weight"))
-        _put(params, (*dst, "bias"), reader.take(f"{key}.bias"))
-        _put(stats, (*dst, "mean"), reader.take(f"{key}.running_mean"))
-        _put(stats, (*dst, "var"), reader.take(f"{key}.running_var"))
+        out.put(("params", *dst, "scale"), f"{key}.weight")
+        out.put(("params", *dst, "bias"), f"{key}.bias")
+        out.put(("batch_stats", *dst, "mean"), f"{key}.running_mean")
+        out.put(("batch_stats", *dst, "var"), f"{key}.running_var")
 
     conv(("stem", "conv_s"), "stem.0")
     bn(("stem", "bn_s"), "stem.1")
@@ -83,21 +114,14 @@ def convert(
                 bn((dst, f"conv{k}", "bn_s"), f"{src}.conv{k}.0.1")
                 conv((dst, f"conv{k}", "conv_t"), f"{src}.conv{k}.0.3")
                 bn((dst, f"bn{k}"), f"{src}.conv{k}.1")
-            # Present exactly where the model projects the shortcut; check_and_cast
-            # reports a mismatch either way.
+            # Present exactly where the model projects the shortcut; a checkpoint that
+            # disagrees fails the variable check below either way.
             if f"{src}.downsample.0.weight" in reader:
                 conv((dst, "downsample_conv"), f"{src}.downsample.0")
                 bn((dst, "downsample_bn"), f"{src}.downsample.1")
-    _put(params, ("fc", "kernel"), common.linear_kernel(head))
-    _put(params, ("fc", "bias"), reader.take("fc.bias"))
-    reader.finish()
-
-    t, h, w = r2plus1d.STANDARD_INPUT[variant]
-    expected = jax.eval_shape(
-        module.init, jax.random.key(0), jnp.zeros((1, t, h, w, 3), jnp.float32)
-    )
-    variables = common.check_and_cast({"params": params, "batch_stats": stats}, expected)
-    return module, variables
+    out.put(("params", "fc", "kernel"), "fc.weight", common.linear_kernel)
+    out.put(("params", "fc", "bias"), "fc.bias")
+    return module, out.finish(module, (1, *r2plus1d.STANDARD_INPUT[variant], 3))
 
 
 def _arch(variant: str):

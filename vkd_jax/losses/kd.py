@@ -79,9 +79,7 @@ def kd_loss(student_logits: Array, teacher_logits: Array, *, temperature: float)
     return temperature**2 * kl
 
 
-def kd_loss_from_probs(
-    student_logits: Array, target_probs: Array, *, temperature: float
-) -> Array:
+def kd_loss_from_probs(student_logits: Array, target_probs: Array, *, temperature: float) -> Array:
     """Hinton et al. 2015 KD against given soft targets: ``T^2 * KL(q || softmax(s / T))``.
 
     Use with :func:`ensemble_targets` in ``space="probs"`` (which already applied

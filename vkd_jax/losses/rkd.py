@@ -4,14 +4,14 @@ Distillation", CVPR 2019).
 Both losses compare the *structure* of a batch of embeddings rather than the
 embeddings themselves, so student and teacher may have different widths:
 
-* distance-wise (Park et al. eq. 4-5): ``psi_D(t_i, t_j) = ||t_i - t_j|| / mu`` with
+* distance-wise (Sec. 3.2.1, eqs. 3-5): ``psi_D(t_i, t_j) = ||t_i - t_j|| / mu`` with
   ``mu`` the mean distance over the ``N (N - 1)`` off-diagonal pairs;
   ``L = mean_{i,j} smooth_l1(psi_D(s_i, s_j) - psi_D(t_i, t_j))`` over all ``N^2`` entries.
-* angle-wise (eq. 6-7): ``psi_A(t_i, t_j, t_k) = cos angle(t_j - t_i, t_k - t_i)``;
+* angle-wise (Sec. 3.2.2, eqs. 7-8): ``psi_A(t_i, t_j, t_k) = cos angle(t_j - t_i, t_k - t_i)``;
   ``L = mean_{i,j,k} smooth_l1(psi_A(s) - psi_A(t))`` over all ``N^3`` triplets.
 
 Following the authors' reference code, entries with ``i == j`` count (with value
-0 on both sides), the smooth-L1 has ``beta = 1``, and a zero-length difference
+0 on both sides), the smooth-L1 (Huber, eq. 6) has ``beta = 1``, and a zero-length difference
 has direction 0 (``F.normalize`` convention), so its cosines are 0.
 
 Everything is derived from the centred Gram matrix ``G = X X^T``: no ``(N, N, C)``
@@ -79,7 +79,7 @@ def pairwise_distances(emb: Array) -> Array:
 
 
 def _normalized_distances(emb: Array) -> Array:
-    """``psi_D``: distances divided by their mean over off-diagonal pairs (Park et al. eq. 4)."""
+    """``psi_D``: distances divided by their mean over off-diagonal pairs (Park et al. eqs. 3-4)."""
     d = pairwise_distances(emb)
     n = d.shape[0]
     mu = jnp.sum(d) / max(n * (n - 1), 1)  # the diagonal is 0
@@ -87,7 +87,7 @@ def _normalized_distances(emb: Array) -> Array:
 
 
 def rkd_distance_loss(student_emb: Array, teacher_emb: Array) -> Array:
-    """RKD distance-wise loss, Park et al. CVPR 2019 eq. (4)-(5).
+    """RKD distance-wise loss, Park et al. CVPR 2019 Sec. 3.2.1, eqs. (3)-(6).
 
     Args:
       student_emb: ``(N, D_s)`` student embeddings (extra trailing dims are flattened).
@@ -106,21 +106,23 @@ def _angle_setup(emb: Array) -> tuple[Array, Array]:
     return g, _safe_rsqrt(d2, tol)
 
 
-def _anchor_cosines(g: Array, inv: Array, i: Array) -> Array:
-    """``cos angle(x_j - x_i, x_k - x_i)`` for all ``(j, k)``: an ``(N, N)`` block.
+def _anchor_cosines(g: Array, inv: Array, anchors: Array) -> Array:
+    """``cos angle(x_j - x_i, x_k - x_i)`` for anchors ``i`` and all ``(j, k)``: ``(A, N, N)``.
 
     ``(x_j - x_i) . (x_k - x_i) = G_jk - G_ij - G_ik + G_ii``, divided by the two
     lengths ``sqrt(D2_ij) sqrt(D2_ik)`` (0 for zero-length differences).
     """
-    gi = g[i]
-    num = g - gi[:, None] - gi[None, :] + gi[i]
-    return num * inv[i][:, None] * inv[i][None, :]
+    gi = g[anchors]  # (A, N)
+    gii = jnp.diagonal(g)[anchors]  # (A,)
+    num = g[None] - gi[:, :, None] - gi[:, None, :] + gii[:, None, None]
+    inv_i = inv[anchors]
+    return num * inv_i[:, :, None] * inv_i[:, None, :]
 
 
 def rkd_angle_loss(
     student_emb: Array, teacher_emb: Array, *, anchor_chunk: int | None = None
 ) -> Array:
-    """RKD angle-wise loss, Park et al. CVPR 2019 eq. (6)-(7), from Gram matrices.
+    """RKD angle-wise loss, Park et al. CVPR 2019 Sec. 3.2.2, eqs. (6)-(8), via Gram matrices.
 
     Computes ``N^3`` triplet cosines per side without the ``(N, N, C)`` differences:
     ``O(N^2 C + N^3)`` time, ``O(chunk * N^2)`` memory, anchors processed in chunks.
@@ -142,13 +144,20 @@ def rkd_angle_loss(
     if anchor_chunk is None:
         anchor_chunk = max(1, min(n, _MAX_BLOCK // max(n * n, 1)))
 
-    def per_anchor(i: Array) -> Array:
-        diff = _anchor_cosines(gs, inv_s, i) - _anchor_cosines(gt, inv_t, i)
-        return jnp.sum(smooth_l1(diff))
+    def block_sums(anchors: Array) -> Array:
+        """Per-anchor sums of the smooth-L1 over all ``(j, k)``: ``(A,)``."""
+        diff = _anchor_cosines(gs, inv_s, anchors) - _anchor_cosines(gt, inv_t, anchors)
+        return jnp.sum(smooth_l1(diff), axis=(1, 2))
 
-    anchors = jnp.arange(n)
     if anchor_chunk >= n:
-        sums = jax.vmap(per_anchor)(anchors)
+        total = jnp.sum(block_sums(jnp.arange(n)))
     else:
-        sums = jax.lax.map(per_anchor, anchors, batch_size=anchor_chunk)
-    return jnp.sum(sums) / float(n) ** 3
+        # Pad the anchors to whole chunks (every lax.map step has one shape) and mask
+        # the padding out.
+        num_chunks = -(-n // anchor_chunk)
+        padded = jnp.arange(num_chunks * anchor_chunk)
+        valid = (padded < n).astype(jnp.float32)
+        anchors = jnp.where(padded < n, padded, 0).reshape(num_chunks, anchor_chunk)
+        sums = jax.lax.map(block_sums, anchors).reshape(-1)
+        total = jnp.sum(sums * valid)
+    return total / float(n) ** 3

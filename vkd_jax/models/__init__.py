@@ -48,7 +48,13 @@ def variants(name: str) -> list[str]:
 
 
 def get_model(
-    name: str, *, variant: str, num_classes: int, dtype: Any = jnp.float32, **overrides: Any
+    name: str,
+    *,
+    variant: str,
+    num_classes: int,
+    dtype: Any = jnp.float32,
+    input_size: tuple[int, int, int] | None = None,
+    **overrides: Any,
 ):
     """Returns the flax module for ``name``/``variant`` with ``num_classes`` outputs.
 
@@ -58,6 +64,9 @@ def get_model(
       num_classes: size of the classification head.
       dtype: computation dtype (``jnp.bfloat16`` for mixed precision); parameters
         stay float32.
+      input_size: ``(T, H, W)`` of the clips the model will see. Families whose
+        parameters depend on it (transformers' position tables; their VARIANTS
+        carry an ``input_size``) are built for it; convolutional ones ignore it.
       **overrides: hyperparameters that replace the variant's (e.g. ``dropout_rate``).
     """
     module = family_module(name)
@@ -66,6 +75,8 @@ def get_model(
             f"Unknown variant {variant!r} of model family {name!r}; "
             f"known variants: {list(module.VARIANTS)}"
         )
+    if input_size is not None and "input_size" in module.VARIANTS[variant]:
+        overrides.setdefault("input_size", tuple(int(d) for d in input_size))
     return module.create(variant, num_classes=num_classes, dtype=dtype, **overrides)
 
 

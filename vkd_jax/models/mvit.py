@@ -240,9 +240,10 @@ def _rel_pos_lookup(table: jax.Array, q_size: int, k_size: int) -> jax.Array:
     # float32 arithmetic truncated to int, as torchvision computes the index.
     q_ratio = np.float32(max(k_size / q_size, 1.0))
     k_ratio = np.float32(max(q_size / k_size, 1.0))
-    dist = np.arange(q_size, dtype=np.float32)[:, None] * q_ratio - (
-        np.arange(k_size, dtype=np.float32)[None, :] + np.float32(1.0 - k_size)
-    ) * k_ratio
+    dist = (
+        np.arange(q_size, dtype=np.float32)[:, None] * q_ratio
+        - (np.arange(k_size, dtype=np.float32)[None, :] + np.float32(1.0 - k_size)) * k_ratio
+    )
     return table[dist.astype(np.int64)]
 
 
@@ -267,9 +268,7 @@ def _rel_pos_bias(
     bias_t = jnp.einsum("bnthwc,tkc->bnthwk", r_q, rt)
     bias_h = jnp.einsum("bnthwc,hkc->bnthwk", r_q, rh)
     bias_w = jnp.einsum("bnthwc,wkc->bnthwk", r_q, rw)
-    bias = (
-        bias_t[..., :, None, None] + bias_h[..., None, :, None] + bias_w[..., None, None, :]
-    )
+    bias = bias_t[..., :, None, None] + bias_h[..., None, :, None] + bias_w[..., None, None, :]
     return bias.reshape(b, n, _prod(q_thw), _prod(k_thw))
 
 
@@ -287,7 +286,9 @@ class StochasticDepth(nn.Module):
         if deterministic or self.rate == 0.0:
             return x
         keep = 1.0 - self.rate
-        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        mask = jax.random.bernoulli(
+            self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1)
+        )
         return jnp.where(mask, x / keep, 0).astype(x.dtype)
 
 

@@ -1,0 +1,43 @@
+"""One process of the two-process training test (run by tests/test_processes.py).
+
+Usage: python multiprocess_worker.py PROCESS_ID PORT DATA_DIR WORKDIR OUT_NPZ
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+def main():
+    process_id, port, data_dir, workdir, out = sys.argv[1:]
+    jax.distributed.initialize(
+        coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=int(process_id)
+    )
+    assert jax.process_count() == 2 and jax.device_count() == 2, jax.devices()
+    from conftest import tiny_config
+
+    from vkd_jax import train
+
+    config = tiny_config(data_dir)
+    config.train.num_steps = 3
+    config.train.checkpoint_every = 3
+    summary = train.run(
+        config,
+        train.Stage("two_process", workdir, config.student, train.supervised_loss(config.loss), 3),
+    )
+    # Each process's own in-memory copy of the final parameters, fingerprinted.
+    np.savez(out, top1=summary["top1"], digest=summary["params_sha256"])
+    jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""End-to-end training: stages, resume, errors, the non-finite guard, sharded steps."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from vkd_jax import checkpoint, config_lib, experiment, models, sharding, train, train_step
+from vkd_jax.losses import objective
+
+
+def _leaves_close(a, b, **tol):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
+
+
+def test_experiment_runs_end_to_end_and_resumes(tiny_data_dir, tmp_path):
+    config = tiny_config(tiny_data_dir)
+    results = experiment.run_experiment(config, str(tmp_path))
+    names = {"teacher_cnn", "teacher_vit", "student_scratch", "student_distill"}
+    assert set(results["models"]) == names
+    for name in names:
+        assert os.path.isfile(tmp_path / name / "model" / checkpoint.METADATA_FILE)
+        summary = json.loads((tmp_path / name / "eval.json").read_text())
+        assert 0.0 <= summary["top1"] <= summary["top5"] <= 1.0
+        assert summary["num_examples"] > 0 and summary["params"] > 0
+    md = (tmp_path / "results.md").read_text()
+    assert "Student distilled" in md and "Teacher `vit`" in md
+    # The exported student has no training-only heads.
+    _, variables, _ = checkpoint.load_model(str(tmp_path / "student_distill" / "model"))
+    assert set(variables) <= {"params", "batch_stats"}
+    # A rerun skips every finished stage and gives the same results.
+    mtime = os.path.getmtime(tmp_path / "student_distill" / "eval.json")
+    again = experiment.run_experiment(config, str(tmp_path))
+    assert os.path.getmtime(tmp_path / "student_distill" / "eval.json") == mtime
+    assert again["student_gain_top1"] == pytest.approx(results["student_gain_top1"])
+
+
+def test_missing_teacher_checkpoint_fails_before_compute(tiny_data_dir, tmp_path):
+    config = tiny_config(tiny_data_dir)
+    config.teachers.cnn.checkpoint = str(tmp_path / "nope")
+    config.teachers.vit.checkpoint = str(tmp_path / "nope")
+    stage = train.Stage("distill", str(tmp_path / "d"), config.student, config.loss, 2,
+                        dict(config.teachers))  # fmt: skip
+    with pytest.raises(checkpoint.CheckpointError, match="teacher 'cnn'.*not found"):
+        train.run(config, stage)
+    assert not os.path.exists(tmp_path / "d" / "checkpoints")
+
+
+def test_teacher_with_wrong_class_count_is_rejected(tiny_data_dir, tmp_path):
+    config = tiny_config(tiny_data_dir)
+    model = models.get_model("x3d", variant="tiny", num_classes=7)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 4, 16, 16, 3)), train=False)
+    path = str(tmp_path / "teacher")
+    checkpoint.save_model(path, variables, {"name": "x3d", "variant": "tiny", "num_classes": 7})
+    config.teachers.cnn.checkpoint = path
+    config.teachers.vit.checkpoint = path
+    stage = train.Stage("distill", str(tmp_path / "d"), config.student, config.loss, 2,
+                        dict(config.teachers))  # fmt: skip
+    with pytest.raises(checkpoint.CheckpointError, match="7 classes but the dataset has"):
+        train.run(config, stage)
+
+
+def test_unknown_config_key_and_mode_are_named():
+    config = config_lib.default_config()
+    config.loss.kd_wieght = 1.0
+    with pytest.raises(ValueError, match="loss.kd_wieght"):
+        config_lib.validate(config)
+    config = config_lib.default_config()
+    config.mode = "trian"
+    with pytest.raises(ValueError, match="Unknown mode 'trian'"):
+        config_lib.validate(config)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_data_dir, tmp_path, monkeypatch):
+    config = tiny_config(tiny_data_dir)
+    workdir = str(tmp_path / "s")
+    loss = train.supervised_loss(config.loss)
+    # Two good steps -> checkpoint at step 2 (the stage stops before export: num_steps=4 later).
+    config.train.num_steps = 2
+    stage = train.Stage("s", workdir, config.student, loss, 2)
+    monkeypatch.setattr(train, "evaluate_model", lambda *a, **k: {"top1": 0.0})
+    train.run(config, stage)
+    os.remove(os.path.join(workdir, train.EVAL_FILE))
+    manager = checkpoint.checkpoint_manager(os.path.join(workdir, "checkpoints"), max_to_keep=5)
+    assert manager.latest_step() == 2
+    good = manager.restore(2)
+    manager.close()
+
+    real_total_loss = objective.total_loss
+
+    def nan_loss(*args, **kwargs):
+        value, metrics = real_total_loss(*args, **kwargs)
+        return value * jnp.nan, metrics
+
+    monkeypatch.setattr(objective, "total_loss", nan_loss)
+    config.train.num_steps = 4
+    with pytest.raises(train.NonFiniteLossError, match="step 3"):
+        train.run(config, train.Stage("s", workdir, config.student, loss, 4))
+    manager = checkpoint.checkpoint_manager(os.path.join(workdir, "checkpoints"), max_to_keep=5)
+    assert manager.latest_step() == 2
+    _leaves_close(manager.restore(2), good)
+    manager.close()
+
+
+@pytest.mark.skipif(jax.device_count() < 4, reason="needs 4 devices: set "
+                    "XLA_FLAGS=--xla_force_host_platform_device_count=4")  # fmt: skip
+def test_sharded_step_equals_single_device_step():
+    """One distillation step on a 4-device mesh equals the 1-device step (global batch)."""
+    cfg = config_lib.default_config()
+    loss_cfg = ml_collections.FrozenConfigDict(cfg.loss)
+    student = models.get_model("x3d", variant="tiny", num_classes=5)
+    teachers = {
+        "cnn": models.get_model("x3d", variant="tiny_m", num_classes=5),
+        "vit": models.get_model("mvit", variant="tiny", num_classes=5, input_size=(4, 16, 16)),
+    }
+    video = jax.random.normal(jax.random.key(1), (8, 4, 16, 16, 3))
+    batch = {"video": video, "label": jnp.arange(8) % 5}
+    teacher_vars = {
+        n: m.init(jax.random.key(i), video[:1], train=False)
+        for i, (n, m) in enumerate(teachers.items())
+    }
+    heads = objective.DistillationHeads(loss_cfg=loss_cfg, dtype=jnp.float32)
+    tx, schedule = train_step.make_optimizer(cfg.optim, 10)
+    state = train_step.init_state(rng=jax.random.key(0), student=student, heads=heads,
+                                  teachers=teachers, teacher_vars=teacher_vars, tx=tx,
+                                  video=video[:2])  # fmt: skip
+    step = train_step.make_train_step(student=student, heads=heads, teachers=teachers,
+                                      loss_cfg=loss_cfg, tx=tx, schedule=schedule,
+                                      rng=jax.random.key(3))  # fmt: skip
+    outs = []
+    for n in (1, 4):
+        mesh = sharding.make_mesh(n)
+        repl = sharding.replicated(mesh)
+        f = jax.jit(step, in_shardings=(repl, repl, sharding.data_sharding(mesh)),
+                    out_shardings=(repl, repl))  # fmt: skip
+        b = jax.device_put(batch, sharding.data_sharding(mesh))
+        outs.append(f(jax.device_put(state, repl), jax.device_put(teacher_vars, repl), b))
+    (s1, m1), (s4, m4) = outs
+    assert bool(m1["finite"]) and bool(m4["finite"])
+    np.testing.assert_allclose(float(m1["loss"]), float(m4["loss"]), rtol=1e-5)
+    _leaves_close(s1.params, s4.params, rtol=1e-4, atol=1e-6)
+    _leaves_close(s1.batch_stats, s4.batch_stats, rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_accumulation_matches_full_batch_for_sgd():
+    """Two accumulated micro-batches give the same update as one full batch (no BN coupling)."""
+    cfg = config_lib.default_config()
+    cfg.optim.optimizer = "sgd"
+    cfg.optim.grad_clip_norm = 0.0
+    loss_cfg = ml_collections.FrozenConfigDict(train.supervised_loss(cfg.loss))
+    student = models.get_model("vit", variant="tiny", num_classes=5, input_size=(4, 16, 16))
+    heads = objective.DistillationHeads(loss_cfg=loss_cfg, dtype=jnp.float32)
+    tx, schedule = train_step.make_optimizer(cfg.optim, 10)
+    video = jax.random.normal(jax.random.key(1), (4, 4, 16, 16, 3))
+    batch = {"video": video, "label": jnp.arange(4) % 5}
+    state = train_step.init_state(rng=jax.random.key(0), student=student, heads=heads,
+                                  teachers={}, teacher_vars={}, tx=tx, video=video[:2])
+    results = []
+    for accum in (1, 2):
+        step = train_step.make_train_step(student=student, heads=heads, teachers={},
+                                          loss_cfg=loss_cfg, tx=tx, schedule=schedule,
+                                          rng=jax.random.key(3), accum_steps=accum)
+        results.append(jax.jit(step)(state, {}, batch)[0])  # fmt: skip
+    _leaves_close(results[0].params, results[1].params, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,146 @@
+"""Plain video ViT: shapes, feature keys, parameter counts, dtypes, jit and grad."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vkd_jax import models
+from vkd_jax.models import vit
+
+CLIP = (2, 8, 32, 32, 3)
+
+
+def _n_params(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = models.get_model("vit", variant="tiny", num_classes=10)
+    video = jax.random.normal(jax.random.key(1), CLIP)
+    variables = jax.jit(model.init)(jax.random.key(0), video)
+    outputs = jax.jit(model.apply)(variables, video)
+    return model, variables, video, outputs
+
+
+def _expected_keys(depth: int, grid, width: int, batch: int = 2):
+    shapes = {f"block{i}": (batch, *grid, width) for i in range(depth)}
+    shapes.update({f"stage{s}": (batch, *grid, width) for s in (1, 2, 3, 4)})
+    shapes["pre_logits"] = (batch, width)
+    return shapes
+
+
+def test_registry():
+    assert set(models.variants("vit")) == {"tiny", "small", "base"}
+    assert models.standard_input("vit", "base") == (16, 224, 224)
+    assert models.standard_input("vit", "tiny") is None
+    with pytest.raises(ValueError, match="bogus"):
+        vit.create("tiny", num_classes=3, bogus=1)
+
+
+def test_tiny_eval_shapes_and_keys(tiny):
+    _, variables, _, (logits, feats) = tiny
+    assert logits.shape == (2, 10)
+    assert {k: v.shape for k, v in feats.items()} == _expected_keys(4, (4, 4, 4), 32)
+    assert np.all(np.isfinite(logits))
+    assert 10_000 < _n_params(variables) < 100_000
+
+
+def test_stages_are_quarter_depth_blocks():
+    model = vit.create("small", num_classes=5)
+    assert model.stage_ends() == [2, 5, 8, 11]
+    assert vit.create("tiny", num_classes=5).stage_ends() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("pool,pos", [("cls", "learned"), ("mean", "sincos")])
+def test_train_mode_uses_dropout_rng(pool, pos):
+    model = vit.create(
+        "tiny",
+        num_classes=10,
+        pool=pool,
+        pos_embedding=pos,
+        dropout_rate=0.3,
+        stochastic_depth_rate=0.5,
+    )
+    video = jax.random.normal(jax.random.key(1), CLIP)
+    variables = model.init(jax.random.key(0), video)
+    if pos == "sincos":
+        assert "pos_embedding" not in variables["params"]
+    if pool == "mean":
+        assert "cls" not in variables["params"]
+    apply = jax.jit(lambda v, x, r: model.apply(v, x, train=True, rngs={"dropout": r}))
+    apply_eval = jax.jit(model.apply)
+    a, feats = apply(variables, video, jax.random.key(2))
+    b, _ = apply(variables, video, jax.random.key(2))
+    c, _ = apply(variables, video, jax.random.key(3))
+    e, _ = apply_eval(variables, video)
+    assert {k: v.shape for k, v in feats.items()} == _expected_keys(4, (4, 4, 4), 32)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    assert not np.allclose(a, e)
+
+
+def _vit_param_count(width, depth, mlp_ratio, tubelet, input_size, classes):
+    """Closed form: tubelet conv, learned positions, class token, blocks, norm, head."""
+    d, hidden = width, int(width * mlp_ratio)
+    tokens = int(np.prod([s // t for s, t in zip(input_size, tubelet)]))
+    embed = int(np.prod(tubelet)) * 3 * d + d
+    block = (d * 3 * d + 3 * d) + (d * d + d) + (d * hidden + hidden) + (hidden * d + d) + 4 * d
+    return embed + tokens * d + d + depth * block + 2 * d + d * classes + classes
+
+
+def test_full_size_param_counts():
+    for variant, count in (("small", 22_641_040), ("base", 87_749_008)):
+        hp = vit.VARIANTS[variant]
+        assert count == _vit_param_count(
+            hp["width"], hp["depth"], hp["mlp_ratio"], hp["tubelet"], hp["input_size"], 400
+        )
+        model = models.get_model("vit", variant=variant, num_classes=400)
+        shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 224, 224, 3)))
+        assert _n_params(shapes) == count, variant
+
+
+def test_other_clip_sizes_run(tiny):
+    model, variables, _, _ = tiny
+    video = jax.random.normal(jax.random.key(4), (1, 4, 48, 32, 3))
+    logits, feats = jax.jit(model.apply)(variables, video)
+    assert feats["block0"].shape == (1, 2, 6, 4, 32)
+    assert np.all(np.isfinite(logits))
+
+
+def test_sincos_embeddings():
+    emb = vit.sincos_3d((4, 3, 5), 32)
+    assert emb.shape == (60, 32)
+    assert np.all(np.abs(emb) <= 1.0)
+    # Every position gets its own embedding.
+    assert len({row.tobytes() for row in emb}) == 60
+
+
+def test_bfloat16_close_to_float32(tiny):
+    _, variables, video, (out32, feats32) = tiny
+    model16 = vit.create("tiny", num_classes=10, dtype=jnp.bfloat16)
+    out16, _ = jax.jit(model16.apply)(variables, video)
+    assert out16.dtype == jnp.bfloat16
+    out16 = np.asarray(out16, np.float32)
+    assert np.all(np.isfinite(out16))
+    scale = float(np.abs(out32).max())
+    np.testing.assert_allclose(out16, out32, atol=0.05 * scale + 0.02)
+
+
+def test_jit_and_grad_reach_every_parameter(tiny):
+    model, variables, video, _ = tiny
+    labels = jnp.array([3, 4])
+
+    def loss_fn(params):
+        logits, _ = model.apply({"params": params}, video)
+        logp = jax.nn.log_softmax(logits)
+        return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
+
+    loss, grads = jax.jit(jax.value_and_grad(loss_fn))(variables["params"])
+    assert np.isfinite(loss)
+    for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+        assert np.all(np.isfinite(g)), jax.tree_util.keystr(path)
+        assert np.any(g != 0), f"no gradient reaches {jax.tree_util.keystr(path)}"

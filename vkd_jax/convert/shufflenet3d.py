@@ -1,0 +1,144 @@
+"""Efficient-3DCNNs 3D-ShuffleNet checkpoints -> :mod:`vkd_jax.models.shufflenet3d`.
+
+Converts ``state_dict`` s of ``models/shufflenet.py`` (v1, groups 3) and
+``models/shufflenetv2.py`` (v2) from okankop/Efficient-3DCNNs (Kopuklu et al.,
+ICCVW 2019); their released checkpoints wrap it as ``{"state_dict": ...}`` with
+``module.`` prefixes, which ``vkd_jax.convert.from_torch`` strips. Every key
+must be used exactly once and every variable filled, or
+:class:`~vkd_jax.convert.common.ConversionError` names the culprit.
+
+Key map (reference -> flax)::
+
+    conv1.0 / conv1.1                       -> conv1/conv, conv1/bn
+    v1: layerI.J.convK / layerI.J.bnK       -> layerI_J/convK/conv, layerI_J/convK/bn
+    v2: features.N.banch1.{0,1,2,3}         -> features_N/branch1/{dw,pw}/{conv,bn}
+        features.N.banch2.{0,1,3,4,5,6}     -> features_N/branch2/{pw1,dw,pw2}/{conv,bn}
+        conv_last.0 / conv_last.1           -> conv_last/conv, conv_last/bn
+    classifier.1                            -> classifier
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from vkd_jax.convert import common
+from vkd_jax.models import shufflenet3d
+
+_WIDTHS = ("0.25", "0.5", "1.0", "1.5", "2.0")
+
+
+class _Builder:
+    """Nested variable dicts filled from a reader, remembering each leaf's source key."""
+
+    def __init__(self, reader: common.StateDictReader):
+        self.reader = reader
+        self.variables: dict = {"params": {}, "batch_stats": {}}
+        self.origin: dict[tuple[str, ...], str] = {}
+
+    def put(self, path: tuple[str, ...], key: str, transform=None) -> None:
+        tree = self.variables
+        for name in path[:-1]:
+            tree = tree.setdefault(name, {})
+        tree[path[-1]] = self.reader.take(key, transform)
+        self.origin[path] = key
+
+    def finish(self, module: Any, video_shape: tuple[int, ...]) -> dict[str, Any]:
+        """Checks every key was used and every shape fits, naming both sides on a mismatch."""
+        self.reader.finish()
+        expected = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(video_shape))
+        want = traverse_util.flatten_dict(expected)
+        bad = [
+            f"{key} has shape {self.reader.take(key).shape}, but {'/'.join(path)} needs "
+            f"{tuple(want[path].shape)}"
+            for path, key in self.origin.items()
+            if path in want and np.shape(_get(self.variables, path)) != tuple(want[path].shape)
+        ]
+        if bad:
+            more = f"; ... ({len(bad)} in all)" if len(bad) > 10 else ""
+            raise common.ConversionError("Shape mismatch: " + "; ".join(bad[:10]) + more)
+        return common.check_and_cast(self.variables, expected)
+
+
+def _get(tree: dict, path: tuple[str, ...]) -> Any:
+    for name in path:
+        tree = tree[name]
+    return tree
+
+
+def convert(
+    state_dict: Mapping[str, np.ndarray], *, variant: str, num_classes: int | None = None
+) -> tuple[shufflenet3d.ShuffleNetV1 | shufflenet3d.ShuffleNetV2, dict[str, Any]]:
+    """Converts a reference-layout 3D-ShuffleNet ``state_dict``.
+
+    Args:
+      state_dict: reference ``ShuffleNet``/``ShuffleNetV2`` tensors as NumPy arrays.
+      variant: a key of ``shufflenet3d.VARIANTS`` (e.g. ``"v2_1.0"``).
+      num_classes: expected classifier size; read off ``classifier.1.weight`` when None.
+
+    Returns:
+      ``(module, {"params": ..., "batch_stats": ...})`` in float32.
+
+    Raises:
+      ConversionError: missing/unexpected keys, shape mismatches, or a head size
+        that differs from ``num_classes``.
+    """
+    reader = common.StateDictReader(state_dict)
+    found = int(reader.take("classifier.1.weight").shape[0])
+    if num_classes is not None and num_classes != found:
+        raise common.ConversionError(
+            f"num_classes={num_classes} was requested but the checkpoint's head "
+            f"classifier.1.weight has {found} classes"
+        )
+    module = shufflenet3d.create(variant, num_classes=found)
+    out = _Builder(reader)
+
+    def conv_bn(dst: tuple[str, ...], conv_key: str, bn_key: str) -> None:
+        out.put(("params", *dst, "conv", "kernel"), f"{conv_key}.weight", common.conv3d_kernel)
+        out.put(("params", *dst, "bn", "scale"), f"{bn_key}.weight")
+        out.put(("params", *dst, "bn", "bias"), f"{bn_key}.bias")
+        out.put(("batch_stats", *dst, "bn", "mean"), f"{bn_key}.running_mean")
+        out.put(("batch_stats", *dst, "bn", "var"), f"{bn_key}.running_var")
+
+    conv_bn(("conv1",), "conv1.0", "conv1.1")
+    if isinstance(module, shufflenet3d.ShuffleNetV1):
+        for i, n in enumerate(module.repeats):
+            for j in range(n):
+                src, dst = f"layer{i + 1}.{j}", f"layer{i + 1}_{j}"
+                for k in (1, 2, 3):
+                    conv_bn((dst, f"conv{k}"), f"{src}.conv{k}", f"{src}.bn{k}")
+    else:
+        for index in range(sum(module.repeats)):
+            src, dst = f"features.{index}", f"features_{index}"
+            # Only the stride-2 (first) unit of a stage has banch1.
+            if f"{src}.banch1.0.weight" in reader:
+                conv_bn((dst, "branch1", "dw"), f"{src}.banch1.0", f"{src}.banch1.1")
+                conv_bn((dst, "branch1", "pw"), f"{src}.banch1.2", f"{src}.banch1.3")
+            for name, (c, b) in zip(("pw1", "dw", "pw2"), ((0, 1), (3, 4), (5, 6))):
+                conv_bn((dst, "branch2", name), f"{src}.banch2.{c}", f"{src}.banch2.{b}")
+        conv_bn(("conv_last",), "conv_last.0", "conv_last.1")
+    out.put(("params", "classifier", "kernel"), "classifier.1.weight", common.linear_kernel)
+    out.put(("params", "classifier", "bias"), "classifier.1.bias")
+    # Any clip the model accepts will do for the abstract shapes (v1 needs T % 16 == 0).
+    return module, out.finish(module, (1, 16, 112, 112, 3))
+
+
+def _arch(variant: str):
+    def fn(state_dict: Mapping[str, np.ndarray], *, num_classes: int | None = None):
+        return convert(state_dict, variant=variant, num_classes=num_classes)
+
+    fn.__doc__ = f"Efficient-3DCNNs 3D-ShuffleNet {variant} -> (module, variables)."
+    return fn
+
+
+# Architecture name -> converter, collected by ``vkd_jax.convert.from_torch``.
+ARCHS = {
+    f"shufflenet3d_{version}_{width}": _arch(f"{version}_{width}")
+    for version in ("v1", "v2")
+    for width in _WIDTHS
+}

@@ -1,0 +1,307 @@
+"""The configured distillation objective of DESIGN.md ("Total objective").
+
+``L = ce_weight CE + kd_weight KD + sdd_weight SDD + sdd.adapter_weight ADAPT
+    + rkd_distance_weight RKD-D + rkd_angle_weight RKD-A + feature_kd_weight FitNets``
+
+where KD is DATW (``teacher_weighting="datw"``, ``losses.datw``) or KD against
+the uniform mean of the ``kd_teachers`` logits (``"uniform"``). A term whose
+weight is 0 is not computed at all, and its teachers and heads are not needed,
+so every ablation (scratch, single-teacher KD, uniform dual teacher, +DATW,
++SDD, +RKD) is a config override. This is the only module of ``losses`` that
+reads a config: the ``loss`` section of ``configs/default.py``.
+
+The train step uses three entry points:
+
+* :func:`required_teachers` - which teachers to run;
+* :class:`DistillationHeads` - the training-only trainable parts (the Structure
+  Discrepancy Branch and adapters), in their own parameter subtree;
+* :func:`total_loss` - the scalar loss and its metrics.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vkd_jax.losses import datw, feature, kd, rkd, sdd
+from vkd_jax.models import sdb
+
+Array = jax.Array
+Features = Mapping[str, Array]
+
+LAST_STAGE = "last_stage"
+_STAGE_RE = re.compile(r"^stage(\d+)$")
+_WEIGHTINGS = ("datw", "uniform")
+
+# Keys of DistillationHeads' outputs.
+SDD_RESIDUAL = "sdd_residual"
+SDD_ADAPTER = "sdd_adapter"
+FEATURE_KD = "feature_kd"
+
+
+def resolve_feature(features: Features, key: str) -> Array:
+    """Looks a feature up by name; ``"last_stage"`` means the highest-numbered ``stageN``.
+
+    Args:
+      features: a model's feature dict, e.g. ``{"stem", "stage1".."stage4", "pre_logits"}``.
+      key: a key of ``features`` or ``"last_stage"``.
+
+    Returns:
+      The feature array.
+    """
+    if key == LAST_STAGE:
+        stages = [(int(m.group(1)), k) for k in features if (m := _STAGE_RE.match(k))]
+        if not stages:
+            raise KeyError(f"{LAST_STAGE!r}: no stageN feature among {sorted(features)}")
+        key = max(stages)[1]
+    if key not in features:
+        raise KeyError(f"feature {key!r} not among {sorted(features)}")
+    return features[key]
+
+
+def _on(weight: float) -> bool:
+    return float(weight) != 0.0
+
+
+def required_teachers(loss_cfg: Any) -> tuple[str, ...]:
+    """Teacher names whose outputs the enabled (non-zero-weight) terms need.
+
+    Args:
+      loss_cfg: the config ``loss`` section (ConfigDict or FrozenConfigDict).
+
+    Returns:
+      Sorted tuple of unique teacher names (empty for training from scratch).
+    """
+    names: set[str] = set()
+    if _on(loss_cfg.kd_weight):
+        names.update(loss_cfg.kd_teachers)
+    if _on(loss_cfg.sdd_weight):
+        names.update((loss_cfg.sdd.vit_teacher, loss_cfg.sdd.cnn_teacher))
+    if _on(loss_cfg.sdd.adapter_weight):
+        names.add(loss_cfg.sdd.cnn_teacher)
+    if _on(loss_cfg.rkd_distance_weight) or _on(loss_cfg.rkd_angle_weight):
+        names.add(loss_cfg.rkd.teacher)
+    if _on(loss_cfg.feature_kd_weight):
+        names.add(loss_cfg.feature_kd.teacher)
+    return tuple(sorted(names))
+
+
+class DistillationHeads(nn.Module):
+    """Training-only trainable heads of the enabled terms (only a ``params`` collection).
+
+    * ``sdd_weight > 0``: ``"sdd_residual"``, the Structure Discrepancy Branch
+      (``models.sdb``) on ``sdd.student_feature``, ``(B, T', H', W', D)``;
+    * ``sdd.adapter_weight > 0``: ``"sdd_adapter"``, a 1x1x1 conv to ``D`` pooled to
+      the grid, matched to ``phi_cnn(f_cnn)``, ``(B, T', H', W', D)``;
+    * ``feature_kd_weight > 0``: ``"feature_kd"``, the FitNets regressor (Romero et
+      al. 2015): a 1x1x1 conv (a Dense on the channel axis) from the student's to the
+      teacher's width, pooled to the teacher's grid when the grids differ; the shape
+      of ``feature_kd.teacher_feature``.
+
+    With no such term enabled it returns ``{}`` and has no parameters. Its parameters
+    are a subtree of their own, absent from the exported student.
+
+    Attributes:
+      loss_cfg: the config ``loss`` section.
+      dtype: computation dtype of the heads (parameters stay float32).
+    """
+
+    loss_cfg: Any
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        student_features: Features,
+        teacher_features: Mapping[str, Features],
+        *,
+        train: bool,
+    ) -> dict[str, Array]:
+        """Computes the training-only predictions.
+
+        Args:
+          student_features: the student's feature dict.
+          teacher_features: teacher name -> feature dict (only the teacher of
+            ``feature_kd`` is read, for its shape).
+          train: training mode (the heads have no dropout or batch statistics).
+
+        Returns:
+          Dict of the enabled heads' outputs (keys above).
+        """
+        cfg = self.loss_cfg
+        out: dict[str, Array] = {}
+        if _on(cfg.sdd_weight):
+            x = resolve_feature(student_features, cfg.sdd.student_feature)
+            branch = sdb.StructureDiscrepancyBranch(
+                dim=int(cfg.sdd.dim), grid=tuple(cfg.sdd.grid), dtype=self.dtype, name="sdd_branch"
+            )
+            out[SDD_RESIDUAL] = branch(x, train=train)
+        if _on(cfg.sdd.adapter_weight):
+            x = resolve_feature(student_features, cfg.sdd.student_feature)
+            y = nn.Dense(int(cfg.sdd.dim), dtype=self.dtype, name="sdd_adapter")(x)
+            out[SDD_ADAPTER] = sdd.adaptive_avg_pool3d(y, tuple(cfg.sdd.grid))
+        if _on(cfg.feature_kd_weight):
+            x = resolve_feature(student_features, cfg.feature_kd.student_feature)
+            t = resolve_feature(
+                teacher_features[cfg.feature_kd.teacher], cfg.feature_kd.teacher_feature
+            )
+            y = nn.Dense(t.shape[-1], dtype=self.dtype, name="feature_kd_adapter")(x)
+            if y.ndim == 5 and y.shape[1:4] != t.shape[1:4]:
+                y = sdd.adaptive_avg_pool3d(y, t.shape[1:4])
+            if y.shape[1:] != t.shape[1:]:
+                raise ValueError(
+                    f"feature_kd: student {x.shape} cannot be adapted to teacher {t.shape}"
+                )
+            out[FEATURE_KD] = y.astype(jnp.float32)
+        return out
+
+
+def _teacher(teacher_outputs: Mapping[str, Any], name: str, term: str) -> tuple[Array, Features]:
+    if name not in teacher_outputs:
+        raise KeyError(
+            f"loss term {term!r} needs teacher {name!r}; got teachers {sorted(teacher_outputs)}"
+        )
+    return teacher_outputs[name]
+
+
+def _head(head_outputs: Mapping[str, Array], key: str, term: str) -> Array:
+    if key not in head_outputs:
+        raise KeyError(f"loss term {term!r} needs DistillationHeads output {key!r}")
+    return head_outputs[key]
+
+
+def _accuracy(logits: Array, labels: Array) -> Array:
+    if labels.ndim == logits.ndim:  # one-hot / soft labels
+        labels = jnp.argmax(labels, axis=-1)
+    return jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
+
+
+def total_loss(
+    loss_cfg: Any,
+    *,
+    labels: Array,
+    student_logits: Array,
+    student_features: Features,
+    teacher_outputs: Mapping[str, tuple[Array, Features]],
+    head_outputs: Mapping[str, Array],
+) -> tuple[Array, dict[str, Array]]:
+    """The total distillation loss of DESIGN.md, batch-averaged, and its metrics.
+
+    Args:
+      loss_cfg: the config ``loss`` section.
+      labels: ``(B,)`` integer labels (or ``(B, C)`` soft labels).
+      student_logits: ``(B, C)``.
+      student_features: the student's feature dict.
+      teacher_outputs: teacher name -> ``(logits, features)``; only the teachers of
+        :func:`required_teachers` are read.
+      head_outputs: output of :class:`DistillationHeads`.
+
+    Returns:
+      ``(loss, metrics)``: a float32 scalar (the weighted sum of batch means of the
+      per-example terms; RKD is batch-level already) and float32 scalars: each
+      enabled term unweighted (``ce``, ``kd``, ``sdd``, ``sdd_adapter``,
+      ``rkd_distance``, ``rkd_angle``, ``feature_kd``), ``total``, ``accuracy`` and,
+      when KD is on, ``datw_weight/<teacher>`` (the teacher's mean weight).
+    """
+    cfg = loss_cfg
+    metrics: dict[str, Array] = {}
+    weighted: list[Array] = []
+
+    def add(name: str, weight: float, value: Array) -> None:
+        metrics[name] = value
+        weighted.append(float(weight) * value)
+
+    if _on(cfg.ce_weight):
+        ce = kd.cross_entropy(student_logits, labels, label_smoothing=cfg.label_smoothing)
+        add("ce", cfg.ce_weight, jnp.mean(ce))
+
+    if _on(cfg.kd_weight):
+        names = tuple(cfg.kd_teachers)
+        if not names:
+            raise ValueError("kd_weight > 0 needs at least one teacher in kd_teachers")
+        stack = jnp.stack(
+            [_teacher(teacher_outputs, n, "kd")[0].astype(jnp.float32) for n in names]
+        )
+        if cfg.teacher_weighting == "datw":
+            w = datw.datw_weights(
+                student_logits,
+                stack,
+                temperature=cfg.temperature,
+                confidence_weight=cfg.datw.confidence_weight,
+                discrepancy_weight=cfg.datw.discrepancy_weight,
+                weight_temperature=cfg.datw.weight_temperature,
+                combine=cfg.datw.combine,
+            )
+        elif cfg.teacher_weighting == "uniform":
+            w = jnp.full((stack.shape[1], len(names)), 1.0 / len(names), jnp.float32)
+        else:
+            raise ValueError(
+                f"teacher_weighting must be one of {_WEIGHTINGS}, got {cfg.teacher_weighting!r}"
+            )
+        target = kd.ensemble_targets(stack, weights=w, space="logits")
+        add(
+            "kd",
+            cfg.kd_weight,
+            jnp.mean(kd.kd_loss(student_logits, target, temperature=cfg.temperature)),
+        )
+        for k, n in enumerate(names):
+            metrics[f"datw_weight/{n}"] = jnp.mean(w[:, k])
+
+    if _on(cfg.sdd_weight) or _on(cfg.sdd.adapter_weight):
+        grid, dim, seed = tuple(cfg.sdd.grid), int(cfg.sdd.dim), int(cfg.sdd.projection_seed)
+        f_cnn = resolve_feature(
+            _teacher(teacher_outputs, cfg.sdd.cnn_teacher, "sdd")[1], cfg.sdd.cnn_feature
+        )
+        if _on(cfg.sdd_weight):
+            f_vit = resolve_feature(
+                _teacher(teacher_outputs, cfg.sdd.vit_teacher, "sdd")[1], cfg.sdd.vit_feature
+            )
+            value = sdd.sdd_loss(
+                _head(head_outputs, SDD_RESIDUAL, "sdd"),
+                f_vit,
+                f_cnn,
+                grid=grid,
+                dim=dim,
+                seed=seed,
+                loss_type=cfg.sdd.loss_type,
+            )
+            add("sdd", cfg.sdd_weight, jnp.mean(value))
+        if _on(cfg.sdd.adapter_weight):
+            value = sdd.sdd_adapter_loss(
+                _head(head_outputs, SDD_ADAPTER, "sdd_adapter"),
+                f_cnn,
+                grid=grid,
+                dim=dim,
+                seed=seed,
+                loss_type=cfg.sdd.loss_type,
+            )
+            add("sdd_adapter", cfg.sdd.adapter_weight, jnp.mean(value))
+
+    if _on(cfg.rkd_distance_weight) or _on(cfg.rkd_angle_weight):
+        t_emb = resolve_feature(
+            _teacher(teacher_outputs, cfg.rkd.teacher, "rkd")[1], cfg.rkd.teacher_feature
+        )
+        s_emb = resolve_feature(student_features, cfg.rkd.student_feature)
+        if _on(cfg.rkd_distance_weight):
+            add("rkd_distance", cfg.rkd_distance_weight, rkd.rkd_distance_loss(s_emb, t_emb))
+        if _on(cfg.rkd_angle_weight):
+            add("rkd_angle", cfg.rkd_angle_weight, rkd.rkd_angle_loss(s_emb, t_emb))
+
+    if _on(cfg.feature_kd_weight):
+        t_feat = resolve_feature(
+            _teacher(teacher_outputs, cfg.feature_kd.teacher, "feature_kd")[1],
+            cfg.feature_kd.teacher_feature,
+        )
+        value = feature.feature_kd_loss(_head(head_outputs, FEATURE_KD, "feature_kd"), t_feat)
+        add("feature_kd", cfg.feature_kd_weight, jnp.mean(value))
+
+    total = sum(weighted) if weighted else jnp.zeros((), jnp.float32)
+    total = jnp.asarray(total, jnp.float32)
+    metrics["total"] = total
+    metrics["accuracy"] = _accuracy(student_logits, labels)
+    return total, metrics
