@@ -12,6 +12,7 @@ Cost: 2 teacher stages + 7 rows x 3 seeds student stages of configs/default.py.
 """
 
 import ml_collections
+
 from configs import default
 
 

@@ -92,9 +92,20 @@ def test_two_processes_train_to_identical_parameters(tiny_data_dir, tmp_path):
     worker = os.path.join(ROOT, "tests", "multiprocess_worker.py")
     procs = [
         subprocess.Popen(
-            [sys.executable, worker, str(i), str(port), str(tiny_data_dir), str(tmp_path / "w"),
-             str(tmp_path / f"p{i}.npz")],
-            env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                worker,
+                str(i),
+                str(port),
+                str(tiny_data_dir),
+                str(tmp_path / "w"),
+                str(tmp_path / f"p{i}.npz"),
+            ],
+            env=_env(),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )  # fmt: skip
         for i in range(2)
     ]

@@ -142,18 +142,11 @@ def test_batch_stats_update_only_in_train(tiny):
 
 
 def test_dropout_needs_rng_in_train(tiny):
-    _, model, variables, video, outs = tiny
+    _, model, variables, video, _ = tiny
     with pytest.raises(Exception, match="dropout"):
         jax.eval_shape(
             lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]), variables, video
         )
-    # Two dropout keys, two different outputs in training.
-    forward = jax.jit(
-        lambda key: model.apply(
-            variables, video, train=True, mutable=["batch_stats"], rngs={"dropout": key}
-        )[0][0]
-    )
-    assert not np.allclose(forward(jax.random.key(1)), forward(jax.random.key(2)))
 
 
 def test_bfloat16_forward_close_to_float32(tiny):
@@ -191,6 +184,9 @@ def test_jit_and_grad(tiny):
     assert all(np.all(np.isfinite(g)) for g in leaves)
     # The stem (first layer) receives gradient through every stage.
     assert float(jnp.abs(grads["conv1"]["conv"]["kernel"]).max()) > 0
+    # Dropout 0.2 before the classifier: another key, another loss (no recompilation).
+    (loss2, _), _ = grad_fn(variables["params"], jax.random.key(1))
+    assert float(loss) != float(loss2)
 
 
 def test_unknown_variant():

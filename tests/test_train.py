@@ -161,12 +161,26 @@ def test_gradient_accumulation_matches_full_batch_for_sgd():
     tx, schedule = train_step.make_optimizer(cfg.optim, 10)
     video = jax.random.normal(jax.random.key(1), (4, 4, 16, 16, 3))
     batch = {"video": video, "label": jnp.arange(4) % 5}
-    state = train_step.init_state(rng=jax.random.key(0), student=student, heads=heads,
-                                  teachers={}, teacher_vars={}, tx=tx, video=video[:2])
+    state = train_step.init_state(
+        rng=jax.random.key(0),
+        student=student,
+        heads=heads,
+        teachers={},
+        teacher_vars={},
+        tx=tx,
+        video=video[:2],
+    )
     results = []
     for accum in (1, 2):
-        step = train_step.make_train_step(student=student, heads=heads, teachers={},
-                                          loss_cfg=loss_cfg, tx=tx, schedule=schedule,
-                                          rng=jax.random.key(3), accum_steps=accum)
+        step = train_step.make_train_step(
+            student=student,
+            heads=heads,
+            teachers={},
+            loss_cfg=loss_cfg,
+            tx=tx,
+            schedule=schedule,
+            rng=jax.random.key(3),
+            accum_steps=accum,
+        )
         results.append(jax.jit(step)(state, {}, batch)[0])  # fmt: skip
     _leaves_close(results[0].params, results[1].params, rtol=1e-4, atol=1e-6)

@@ -126,9 +126,7 @@ def load_model(
         try:
             variables = ckptr.restore(
                 os.path.join(os.path.abspath(path), _VARIABLES_DIR),
-                jax.tree_util.tree_map(
-                    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract
-                ),
+                jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract),
             )
         except (ValueError, KeyError) as e:
             raise CheckpointError(
@@ -142,9 +140,7 @@ def abstract_variables(module: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
     t = int(meta.get("num_frames", 8))
     s = int(meta.get("crop_size", 32))
     video = jax.ShapeDtypeStruct((1, t, s, s, 3), np.float32)
-    out = jax.eval_shape(
-        lambda v: module.init(jax.random.key(0), v, train=False), video
-    )
+    out = jax.eval_shape(lambda v: module.init(jax.random.key(0), v, train=False), video)
     return dict(out)
 
 

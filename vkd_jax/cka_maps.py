@@ -57,44 +57,41 @@ def experiment_maps(
     models = {}
     for name, path in paths.items():
         module, variables, _ = checkpoint.load_model(path, num_classes=info.num_classes, what=name)
-        models[name] = jax.jit(
-            lambda v, x, m=module: m.apply(v, x, train=False)[1]
-        ), variables  # fmt: skip
+        models[name] = jax.jit(lambda v, x, m=module: m.apply(v, x, train=False)[1]), variables
 
     def batches():
         local = sharding.local_batch_size(config.cka.batch_size)
         for b in pipeline.eval_dataset(config.data, batch_size=local).as_numpy_iterator():
             # First view of each video: CKA compares representations of the same inputs.
-            yield sharding.to_global(
-                {"video": b["video"][:, 0], "mask": b["mask"]}, mesh
-            )  # fmt: skip
+            yield sharding.to_global({"video": b["video"][:, 0], "mask": b["mask"]}, mesh)
 
     def apply(name):
         fn, variables = models[name]
         return lambda video: fn(variables, video)
 
-    kw = dict(kernel=config.cka.kernel, threshold=config.cka.rbf_threshold,
-              unbiased=config.cka.unbiased, num_examples=config.cka.num_examples)  # fmt: skip
+    kw = dict(
+        kernel=config.cka.kernel,
+        threshold=config.cka.rbf_threshold,
+        unbiased=config.cka.unbiased,
+        num_examples=config.cka.num_examples,
+    )
     outdir = os.path.join(workdir, "cka")
     os.makedirs(outdir, exist_ok=True)
+    t, c = config.data.num_frames, config.data.crop_size
+    sample = jax.ShapeDtypeStruct((2, t, c, c, 3), jax.numpy.float32)
+    layers = {n: cka.default_layers(jax.eval_shape(apply(n), sample)) for n in models}
     self_maps, cross_maps = {}, {}
     for name in models:
         logging.info("CKA self map of %s", name)
-        values, rows, cols = cka._run_map(
-            apply(name), None, batches(), None, None, kw["kernel"], kw["threshold"],
-            kw["unbiased"], kw["num_examples"],
-        )  # fmt: skip
-        self_maps[name] = (values, rows, cols)
+        values = cka.cka_self_map(apply(name), batches(), layers[name], **kw)
+        self_maps[name] = (values, layers[name], layers[name])
     students = [n for n in models if n.startswith("student")]
     teachers = [n for n in models if n.startswith("teacher")]
     for s in students:
         for t in teachers:
             logging.info("CKA cross map %s vs %s", s, t)
-            values, rows, cols = cka._run_map(
-                apply(s), apply(t), batches(), None, None, kw["kernel"], kw["threshold"],
-                kw["unbiased"], kw["num_examples"],
-            )  # fmt: skip
-            cross_maps[f"{s} vs {t}"] = (values, rows, cols)
+            values = cka.cka_map(apply(s), apply(t), batches(), layers[s], layers[t], **kw)
+            cross_maps[f"{s} vs {t}"] = (values, layers[s], layers[t])
     files = []
     if jax.process_index() == 0:
         files.append(os.path.join(outdir, "self_maps.png"))
@@ -103,8 +100,9 @@ def experiment_maps(
             files.append(os.path.join(outdir, "cross_maps.png"))
             cka.plot_cka_maps([(v, r, c, n) for n, (v, r, c) in cross_maps.items()], files[-1])
         files.append(os.path.join(outdir, "cka.json"))
-        cka.save_cka_json(files[-1], {**{f"{n} (self)": m for n, m in self_maps.items()},
-                                      **cross_maps})  # fmt: skip
+        cka.save_cka_json(
+            files[-1], {**{f"{n} (self)": m for n, m in self_maps.items()}, **cross_maps}
+        )
     return {
         "self": {n: v.tolist() for n, (v, _, _) in self_maps.items()},
         "cross": {n: v.tolist() for n, (v, _, _) in cross_maps.items()},

@@ -30,17 +30,29 @@ from vkd_jax.losses import objective
 # adds one component to the one above it (the paper's ablation order).
 ABLATIONS: Mapping[str, dict[str, Any]] = {
     "scratch": {},  # Handled by train.supervised_loss.
-    "kd_cnn": dict(kd_teachers=("cnn",), teacher_weighting="uniform", sdd_weight=0.0,
-                   rkd_distance_weight=0.0, rkd_angle_weight=0.0),
-    "kd_vit": dict(kd_teachers=("vit",), teacher_weighting="uniform", sdd_weight=0.0,
-                   rkd_distance_weight=0.0, rkd_angle_weight=0.0),
-    "uniform_dual": dict(teacher_weighting="uniform", sdd_weight=0.0, rkd_distance_weight=0.0,
-                         rkd_angle_weight=0.0),
-    "datw": dict(teacher_weighting="datw", sdd_weight=0.0, rkd_distance_weight=0.0,
-                 rkd_angle_weight=0.0),
+    "kd_cnn": dict(
+        kd_teachers=("cnn",),
+        teacher_weighting="uniform",
+        sdd_weight=0.0,
+        rkd_distance_weight=0.0,
+        rkd_angle_weight=0.0,
+    ),
+    "kd_vit": dict(
+        kd_teachers=("vit",),
+        teacher_weighting="uniform",
+        sdd_weight=0.0,
+        rkd_distance_weight=0.0,
+        rkd_angle_weight=0.0,
+    ),
+    "uniform_dual": dict(
+        teacher_weighting="uniform", sdd_weight=0.0, rkd_distance_weight=0.0, rkd_angle_weight=0.0
+    ),
+    "datw": dict(
+        teacher_weighting="datw", sdd_weight=0.0, rkd_distance_weight=0.0, rkd_angle_weight=0.0
+    ),
     "datw_sdd": dict(teacher_weighting="datw", rkd_distance_weight=0.0, rkd_angle_weight=0.0),
     "datw_sdd_rkd": dict(teacher_weighting="datw"),
-}  # fmt: skip
+}
 
 ABLATION_TITLES = {
     "scratch": "Student from scratch",

@@ -31,8 +31,12 @@ def run_data(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Builds the dataset, prints its statistics and writes a contact sheet PNG."""
     builder = pipeline.load_builder(config.data)
     info = pipeline.dataset_info(config.data)
-    stats = {"dataset": config.data.name, "builder_config": config.data.builder_config,
-             "num_classes": info.num_classes, "splits": info.split_sizes}  # fmt: skip
+    stats = {
+        "dataset": config.data.name,
+        "builder_config": config.data.builder_config,
+        "num_classes": info.num_classes,
+        "splits": info.split_sizes,
+    }
     shape = builder.info.features[config.data.video_key].shape
     stats["video_shape"] = [int(d) if d is not None else None for d in shape]
     stats["examples_per_class"] = {
@@ -45,9 +49,12 @@ def run_data(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     print(json.dumps(stats, indent=2))
     path = os.path.join(workdir, "contact_sheet.png")
     preview.contact_sheet(
-        builder, config.data.train_split, path, video_key=config.data.video_key,
+        builder,
+        config.data.train_split,
+        path,
+        video_key=config.data.video_key,
         label_key=config.data.label_key,
-    )  # fmt: skip
+    )
     with open(os.path.join(workdir, "data_stats.json"), "w") as f:
         json.dump(stats, f, indent=2)
     print(f"Contact sheet: {path}")
@@ -68,9 +75,12 @@ def run_train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     summary = train.run(
         config,
         train.Stage(
-            name=f"train_{config.train_model}", workdir=workdir, model=spec,
-            loss=train.supervised_loss(config.loss), num_steps=config.train.num_steps,
-        ),  # fmt: skip
+            name=f"train_{config.train_model}",
+            workdir=workdir,
+            model=spec,
+            loss=train.supervised_loss(config.loss),
+            num_steps=config.train.num_steps,
+        ),
     )
     _print_summary(summary)
     return summary
@@ -81,9 +91,13 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
     summary = train.run(
         config,
         train.Stage(
-            name="distill", workdir=workdir, model=config.student, loss=config.loss,
-            num_steps=config.train.num_steps, teachers=dict(config.teachers),
-        ),  # fmt: skip
+            name="distill",
+            workdir=workdir,
+            model=config.student,
+            loss=config.loss,
+            num_steps=config.train.num_steps,
+            teachers=dict(config.teachers),
+        ),
     )
     _print_summary(summary)
     return summary

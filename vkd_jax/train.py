@@ -117,8 +117,12 @@ def load_teachers(
         if (meta["name"], meta["variant"]) != (spec.name, spec.variant):
             logging.warning(
                 "Teacher %r: config says %s/%s, checkpoint holds %s/%s; using the checkpoint's",
-                name, spec.name, spec.variant, meta["name"], meta["variant"],
-            )  # fmt: skip
+                name,
+                spec.name,
+                spec.variant,
+                meta["name"],
+                meta["variant"],
+            )
         modules[name], variables[name] = module, var
     return modules, variables
 
@@ -178,9 +182,12 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
     dtype = compute_dtype(config)
     t, s = config.data.num_frames, config.data.crop_size
     student = models.get_model(
-        stage.model.name, variant=stage.model.variant, num_classes=info.num_classes,
-        dtype=dtype, input_size=(t, s, s),
-    )  # fmt: skip
+        stage.model.name,
+        variant=stage.model.variant,
+        num_classes=info.num_classes,
+        dtype=dtype,
+        input_size=(t, s, s),
+    )
     loss_cfg = ml_collections.FrozenConfigDict(stage.loss)
     teachers, teacher_vars = load_teachers(
         config, stage.teachers, objective.required_teachers(loss_cfg), info.num_classes
@@ -193,9 +200,14 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
     sample = jnp.zeros((2, t, s, s, 3), jnp.float32)
     init = jax.jit(
         lambda rng, tv: train_step.init_state(
-            rng=rng, student=student, heads=heads, teachers=teachers, teacher_vars=tv,
-            tx=tx, video=sample,
-        ),  # fmt: skip
+            rng=rng,
+            student=student,
+            heads=heads,
+            teachers=teachers,
+            teacher_vars=tv,
+            tx=tx,
+            video=sample,
+        ),
         out_shardings=repl,
     )
     rng = jax.random.key(config.seed)
@@ -215,10 +227,15 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
 
     # ------------------------------------------------------------------- step
     step_fn = train_step.make_train_step(
-        student=student, heads=heads, teachers=teachers, loss_cfg=loss_cfg, tx=tx,
-        schedule=schedule, rng=jax.random.fold_in(rng, 2),
+        student=student,
+        heads=heads,
+        teachers=teachers,
+        loss_cfg=loss_cfg,
+        tx=tx,
+        schedule=schedule,
+        rng=jax.random.fold_in(rng, 2),
         accum_steps=config.optim.grad_accum_steps,
-    )  # fmt: skip
+    )
     p_step = jax.jit(
         step_fn,
         in_shardings=(repl, repl, sharding.data_sharding(mesh)),
@@ -233,17 +250,30 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
     if start_step < stage.num_steps:
         logging.info(
             "Stage %s: training %s/%s for %d steps (from step %d), batch %d, teachers %s",
-            stage.name, stage.model.name, stage.model.variant, stage.num_steps, start_step,
-            config.train.batch_size, sorted(teachers) or "none",
-        )  # fmt: skip
+            stage.name,
+            stage.model.name,
+            stage.model.variant,
+            stage.num_steps,
+            start_step,
+            config.train.batch_size,
+            sorted(teachers) or "none",
+        )
         ds = pipeline.train_dataset(config.data, batch_size=local_batch, seed=config.seed)
         # The pipeline is deterministic for its seed: skipping the batches already
         # consumed puts a resumed run on exactly the data an uninterrupted one sees.
         batches = iter(ds.skip(start_step).as_numpy_iterator())
         state = _train_loop(
-            config, stage, mesh, p_step, state, teacher_vars, batches, start_step, manager,
+            config,
+            stage,
+            mesh,
+            p_step,
+            state,
+            teacher_vars,
+            batches,
+            start_step,
+            manager,
             writer,
-        )  # fmt: skip
+        )
     manager.close()
 
     # ------------------------------------------------------------ export, eval
@@ -265,8 +295,9 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
     return summary
 
 
-def _train_loop(config, stage, mesh, p_step, state, teacher_vars, batches, start_step, manager,
-                writer):  # fmt: skip
+def _train_loop(
+    config, stage, mesh, p_step, state, teacher_vars, batches, start_step, manager, writer
+):
     """Runs steps ``start_step+1 .. num_steps``; checkpoints; stops loudly on NaN."""
     report = periodic_actions.ReportProgress(num_train_steps=stage.num_steps, writer=writer)
     log_every = max(1, config.train.log_every)
@@ -291,9 +322,14 @@ def _train_loop(config, stage, mesh, p_step, state, teacher_vars, batches, start
                 eta = (stage.num_steps - step) / max(rate, 1e-9)
                 logging.info(
                     "[%s] step %d/%d  loss %.4f  acc %.3f  %.2f steps/s  ETA %s",
-                    stage.name, step, stage.num_steps, means.get("loss", float("nan")),
-                    means.get("accuracy", float("nan")), rate, _fmt_time(eta),
-                )  # fmt: skip
+                    stage.name,
+                    step,
+                    stage.num_steps,
+                    means.get("loss", float("nan")),
+                    means.get("accuracy", float("nan")),
+                    rate,
+                    _fmt_time(eta),
+                )
                 writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
                 sums, count, last_log = None, 0, time.time()
             if step % config.train.checkpoint_every == 0 or step == stage.num_steps:
@@ -359,14 +395,19 @@ def evaluate_model(
     summary["params"] = evaluation.count_params(variables["params"])
     summary["gmacs"] = evaluation.count_macs(model, variables, input_shape) / 1e9
     summary["latency"] = evaluation.measure_latency(
-        model, variables, input_shape, batch_size=config.eval.latency_batch_size,
+        model,
+        variables,
+        input_shape,
+        batch_size=config.eval.latency_batch_size,
         iters=config.eval.latency_iters,
-    )  # fmt: skip
+    )
     summary["input_shape"] = list(input_shape)
     summary["views"] = config.data.eval_num_clips * config.data.eval_num_crops
     if jax.process_index() == 0:
         evaluation.plot_confusion(
-            np.asarray(summary["confusion"]), info.class_names,
-            os.path.join(outdir, "confusion.png"), title=f"{model.__class__.__name__}",
-        )  # fmt: skip
+            np.asarray(summary["confusion"]),
+            info.class_names,
+            os.path.join(outdir, "confusion.png"),
+            title=f"{model.__class__.__name__}",
+        )
     return summary

@@ -3,7 +3,7 @@
 Prepare the dataset (docs/datasets.md) and the teachers (README, "Bring
 pretrained PyTorch teachers"), then:
 
-  python -m vkd_jax.main --config configs/dual_teacher/epic_kitchens100.py --workdir runs/epic_kitchens100 \
+  python -m vkd_jax.main --config configs/dual_teacher/epic_kitchens100.py --workdir runs/epic \
     --config.data.folder.root=/data/epic_kitchens100 --config.data.data_dir=/data/tfds \
     --config.teachers.cnn.checkpoint=teachers/x3d_m_epic_kitchens100 \
     --config.teachers.vit.checkpoint=teachers/mvit_v2_s_epic_kitchens100

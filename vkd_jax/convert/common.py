@@ -129,7 +129,9 @@ def check_and_cast(converted: Mapping[str, Any], expected: Mapping[str, Any]) ->
       ConversionError naming every missing, unexpected or misshaped parameter.
     """
     conv_flat = traverse_util.flatten_dict(dict(converted), sep="/")
-    exp_flat = traverse_util.flatten_dict(jax.tree_util.tree_map(lambda x: x, dict(expected)), sep="/")
+    exp_flat = traverse_util.flatten_dict(
+        jax.tree_util.tree_map(lambda x: x, dict(expected)), sep="/"
+    )
     missing = sorted(set(exp_flat) - set(conv_flat))
     extra = sorted(set(conv_flat) - set(exp_flat))
     problems = []
@@ -140,7 +142,9 @@ def check_and_cast(converted: Mapping[str, Any], expected: Mapping[str, Any]) ->
     for name in sorted(set(conv_flat) & set(exp_flat)):
         got, want = tuple(np.shape(conv_flat[name])), tuple(exp_flat[name].shape)
         if got != want:
-            problems.append(f"shape mismatch for {name}: checkpoint gives {got}, model expects {want}")
+            problems.append(
+                f"shape mismatch for {name}: checkpoint gives {got}, model expects {want}"
+            )
     if problems:
         raise ConversionError("; ".join(problems))
     out = {k: np.asarray(v, dtype=exp_flat[k].dtype) for k, v in conv_flat.items()}

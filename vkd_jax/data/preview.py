@@ -54,9 +54,11 @@ def contact_sheet(
             break
     rows.sort(key=lambda r: names.index(r[0]))
     fig, axes = plt.subplots(
-        len(rows), frames_per_clip, figsize=(1.3 * frames_per_clip, 1.3 * len(rows)),
+        len(rows),
+        frames_per_clip,
+        figsize=(1.3 * frames_per_clip, 1.3 * len(rows)),
         squeeze=False,
-    )  # fmt: skip
+    )
     for r, (name, frames) in enumerate(rows):
         for f in range(frames_per_clip):
             ax = axes[r, f]
