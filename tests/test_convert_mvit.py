@@ -227,6 +227,17 @@ def test_tiny_config_non_square_parity():
         )
 
 
+@pytest.mark.parametrize("n_in,n_out", [(15, 23), (23, 15), (7, 8), (31, 61), (5, 5)])
+def test_rel_pos_interpolation_matches_torch(n_in, n_out):
+    table = np.random.default_rng(n_in).normal(size=(n_in, 4)).astype(np.float32)
+    ref = torch.nn.functional.interpolate(
+        torch.from_numpy(table.T[None]), size=n_out, mode="linear"
+    )[0].T.numpy()
+    ours = mvit._interp_matrix(n_in, n_out) @ table
+    # Equal up to float32 rounding of the sampling weights.
+    np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=0)
+
+
 def test_dropped_key_is_named(reference):
     sd = dict(reference[0])
     del sd["blocks.5.attn.pool_k.norm_act.0.bias"]

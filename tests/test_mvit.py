@@ -21,11 +21,31 @@ def _n_params(tree) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
+def _random_variables(model, video):
+    """Random parameters in the structure ``model.init`` gives.
+
+    ``eval_shape`` traces ``init`` completely (any init bug fails here) without
+    compiling it: XLA's compile of the truncated-normal initializers costs more
+    CPU than every forward in this file.
+    """
+    shapes = jax.eval_shape(model.init, jax.random.key(0), video)
+    rng = np.random.default_rng(0)
+
+    def fill(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if name.endswith("['scale']"):
+            return jnp.asarray(1.0 + 0.1 * rng.normal(size=leaf.shape), leaf.dtype)
+        fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 50
+        return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     model = models.get_model("mvit", variant="tiny", num_classes=10)
     video = jax.random.normal(jax.random.key(1), CLIP)
-    variables = jax.jit(model.init)(jax.random.key(0), video)
+    variables = _random_variables(model, video)
     outputs = jax.jit(model.apply)(variables, video)
     return model, variables, video, outputs
 
@@ -104,12 +124,14 @@ def test_v2_s_feature_shapes_at_standard_input():
 
 def test_other_clip_sizes_run(tiny):
     model, variables, _, _ = tiny
-    # Rel-pos tables built for 8x32x32 are interpolated for a 4x48x32 clip.
-    video = jax.random.normal(jax.random.key(4), (1, 4, 48, 32, 3))
-    logits, feats = jax.jit(model.apply)(variables, video)
+    # Rel-pos tables built for 8x32x32 are interpolated for a 4x48x32 clip. Shapes
+    # only: the numerics of that path are checked against torchvision on a
+    # non-square clip in test_convert_mvit.py.
+    video = jax.ShapeDtypeStruct((1, 4, 48, 32, 3), jnp.float32)
+    logits, feats = jax.eval_shape(model.apply, variables, video)
+    assert logits.shape == (1, 10)
     assert feats["block0"].shape == (1, 2, 12, 8, 16)
     assert feats["stage3"].shape == (1, 2, 3, 2, 64)
-    assert np.all(np.isfinite(logits))
 
 
 def test_bfloat16_close_to_float32(tiny):
@@ -154,7 +176,7 @@ def test_block_settings_match_torchvision_mvit_v2_s():
 
     with torch.device("meta"):
         ref = tv_mvit.mvit_v2_s()
-    ours = mvit.block_settings(**{k: mvit.VARIANTS["v2_s"][k] for k in mvit._CONFIG_KEYS})
+    ours = mvit.block_settings(**{k: mvit.VARIANTS["v2_s"][k] for k in mvit.BLOCK_CONFIG_KEYS})
     assert len(ours) == len(ref.blocks) == 16
     for cfg, block in zip(ours, ref.blocks):
         attn = block.attn

@@ -189,6 +189,15 @@ def test_jit_and_grad(tiny):
     assert float(loss) != float(loss2)
 
 
+def test_v1_rejects_clip_lengths_its_shortcuts_cannot_pool():
+    model = models.get_model("shufflenet3d", variant="v1_tiny", num_classes=3)
+    for t in (15, 16, 32):
+        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, t, 32, 32, 3)))
+    for t in (8, 12, 17):
+        with pytest.raises(ValueError, match=f"got T = {t}"):
+            jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, t, 32, 32, 3)))
+
+
 def test_unknown_variant():
     with pytest.raises(ValueError, match="known variants"):
         models.get_model("shufflenet3d", variant="v3_1.0", num_classes=3)

@@ -17,11 +17,31 @@ def _n_params(tree) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
+def _random_variables(model, video):
+    """Random parameters in the structure ``model.init`` gives.
+
+    ``eval_shape`` traces ``init`` completely (any init bug fails here) without
+    compiling it: XLA's compile of the truncated-normal initializers costs more
+    CPU than every forward in this file.
+    """
+    shapes = jax.eval_shape(model.init, jax.random.key(0), video)
+    rng = np.random.default_rng(0)
+
+    def fill(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if name.endswith("['scale']"):
+            return jnp.asarray(1.0 + 0.1 * rng.normal(size=leaf.shape), leaf.dtype)
+        fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 50
+        return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     model = models.get_model("vit", variant="tiny", num_classes=10)
     video = jax.random.normal(jax.random.key(1), CLIP)
-    variables = jax.jit(model.init)(jax.random.key(0), video)
+    variables = _random_variables(model, video)
     outputs = jax.jit(model.apply)(variables, video)
     return model, variables, video, outputs
 

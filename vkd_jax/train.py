@@ -123,6 +123,16 @@ def load_teachers(
                 meta["name"],
                 meta["variant"],
             )
+        sized = "input_size" in models.family_module(meta["name"]).VARIANTS[meta["variant"]]
+        want = (config.data.num_frames, config.data.crop_size)
+        have = (meta.get("num_frames", want[0]), meta.get("crop_size", want[1]))
+        if sized and tuple(have) != tuple(want):
+            # Position tables are sized for the clip the teacher was built for.
+            raise checkpoint.CheckpointError(
+                f"Teacher {name!r} ({meta['name']}/{meta['variant']}) takes {have[0]}x{have[1]}"
+                f"x{have[1]} clips but config.data gives {want[0]}x{want[1]}x{want[1]}; set "
+                "config.data.num_frames and config.data.crop_size to match"
+            )
         modules[name], variables[name] = module, var
     return modules, variables
 

@@ -252,4 +252,5 @@ def _arch(variant: str) -> Callable:
     return fn
 
 
-ARCHS: dict[str, Callable] = {f"x3d_{v}": _arch(v) for v in ("xs", "s", "m", "l")}
+# The tiny variants are pytorchvideo create_x3d models with our tiny hyperparameters.
+ARCHS: dict[str, Callable] = {f"x3d_{v}": _arch(v) for v in ("xs", "s", "m", "l", "tiny", "tiny_m")}

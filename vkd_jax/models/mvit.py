@@ -173,7 +173,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 # Clip size (T, H, W) each full-size variant was published at.
 STANDARD_INPUT: dict[str, Triple] = {"v2_s": (16, 224, 224), "v2_b": (32, 224, 224)}
 
-_CONFIG_KEYS = ("embed_dim", "num_heads", "depth", "stage_starts", "pool_kv_stride")
+# Hyperparameters of create() that feed block_settings() rather than MViT itself.
+BLOCK_CONFIG_KEYS = ("embed_dim", "num_heads", "depth", "stage_starts", "pool_kv_stride")
 
 
 def create(variant: str, *, num_classes: int, dtype: Any = jnp.float32, **overrides: Any) -> MViT:
@@ -190,10 +191,10 @@ def create(variant: str, *, num_classes: int, dtype: Any = jnp.float32, **overri
       The flax module.
     """
     hp = {**VARIANTS[variant], **overrides}
-    unknown = set(hp) - set(_CONFIG_KEYS) - {f.name for f in dataclasses.fields(MViT)}
+    unknown = set(hp) - set(BLOCK_CONFIG_KEYS) - {f.name for f in dataclasses.fields(MViT)}
     if unknown:
         raise ValueError(f"Unknown MViT hyperparameters: {sorted(unknown)}")
-    settings = block_settings(**{k: hp.pop(k) for k in _CONFIG_KEYS})
+    settings = block_settings(**{k: hp.pop(k) for k in BLOCK_CONFIG_KEYS})
     hp["input_size"] = tuple(hp["input_size"])
     return MViT(num_classes=num_classes, block_setting=settings, dtype=dtype, **hp)
 

@@ -37,6 +37,11 @@ Parameter names mirror torchvision's ``state_dict`` one to one (see
 ``layerI.J.conv1.0.{0,1,3}``, ``layerI_J/bn1`` is ``layerI.J.conv1.1`` (same for
 ``conv2``/``bn2``), ``layerI_J/downsample_{conv,bn}`` are
 ``layerI.J.downsample.{0,1}`` and ``fc`` is ``fc``.
+
+Batch norm uses PyTorch's eps 1e-5 and momentum 0.1; as everywhere in flax, the
+running variance is updated with the biased batch variance (PyTorch: unbiased),
+a factor n / (n - 1) that only matters for tiny batches. ``dropout_rate`` (an
+override; torchvision has none) adds dropout before ``fc``.
 """
 
 from __future__ import annotations

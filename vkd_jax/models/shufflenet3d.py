@@ -15,7 +15,8 @@ exactly, quirks included, so its checkpoints load:
   ``int(w * [24, 240, 480, 960])``. As in the reference, the first pointwise
   convolution is ungrouped only when its input has exactly 24 channels (i.e.
   only at width 1.0). Because the shortcut pools T without padding, every stage
-  input needs an even T: use T a multiple of 16 (e.g. 16, 32).
+  input needs an even T: ``ceil(T / 2)`` divisible by 8, e.g. T = 16 or 32
+  (other T raise a ``ValueError``). The reference additionally needs H, W >= 48.
 * **v2**: stride-1 units split the channels in half and transform one half
   (1x1x1 -> BN -> ReLU -> depthwise 3x3x3 -> BN -> 1x1x1 -> BN -> ReLU);
   stride-2 units transform both copies of the input (branch 1: depthwise ->
@@ -25,8 +26,8 @@ exactly, quirks included, so its checkpoints load:
 
 Both end in global average pooling, dropout 0.2 and a linear classifier.
 
-Parameters at 600 classes (Kinetics-600, as in the paper's tables), equal to the
-reference PyTorch models' counts:
+Parameters at 600 classes (Kinetics-600, the reference's default), measured and
+equal to the reference PyTorch models' counts:
 
 =========  ==========  =========  ==========
 variant    params      variant    params
@@ -42,7 +43,8 @@ v1_2.0     4,758,888   v2_2.0     6,639,816
 (5,002; 16x32x32 clips) are for CPU tests and the embedded default.
 
 Published input: 16 x 112 x 112 (``STANDARD_INPUT``). Features returned by
-``apply`` for input ``(B, T, H, W, 3)`` (C1..C3: stage widths, sizes rounded up):
+``apply`` for input ``(B, T, H, W, 3)`` (C0: stem width, C1..C3: stage widths;
+sizes rounded up):
 
 * ``stem``: ``(B, T/2, H/4, W/4, C0)``, after the max pool
 * ``stage1``: ``(B, T/4, H/8, W/8, C1)``
@@ -57,6 +59,10 @@ Parameter names mirror the reference ``state_dict`` (see
 ``features_N/branch1/{dw,pw}/{conv,bn}`` is ``features.N.banch1.{0,1,2,3}``,
 ``features_N/branch2/{pw1,dw,pw2}/{conv,bn}`` is ``features.N.banch2.{0,1,3,4,5,6}``,
 ``conv_last/{conv,bn}`` is ``conv_last.{0,1}``; ``classifier`` is ``classifier.1``.
+
+Batch norm uses PyTorch's eps 1e-5 and momentum 0.1; as everywhere in flax, the
+running variance is updated with the biased batch variance (PyTorch: unbiased),
+a factor n / (n - 1) that only matters for tiny batches.
 """
 
 from __future__ import annotations
@@ -243,13 +249,22 @@ class ShuffleNetV1(nn.Module):
         """Classifies a clip.
 
         Args:
-          video: ``(B, T, H, W, 3)`` normalized frames, T a multiple of 16.
+          video: ``(B, T, H, W, 3)`` normalized frames, T a multiple of 16 (with 3
+            stages; precisely: ``ceil(T / 2)`` divisible by 8).
           train: batch statistics (and their update) and dropout when True.
 
         Returns:
           ``(logits, features)``: float32 logits ``(B, num_classes)`` and the
           feature dict described in the module docstring.
         """
+        # Each stride-2 unit concatenates a T-stride-2 conv (T -> ceil(T/2)) with an unpadded
+        # T-kernel-2 pool (T -> floor(T/2)): they only agree for even T at every stage.
+        t_stem = -(-video.shape[1] // 2)
+        if t_stem % 2 ** len(self.repeats):
+            raise ValueError(
+                f"3D-ShuffleNet v1 needs ceil(T / 2) divisible by {2 ** len(self.repeats)} "
+                f"(e.g. T = 16 or 32), got T = {video.shape[1]}"
+            )
         features: dict[str, jnp.ndarray] = {}
         x = _stem(video.astype(self.dtype), self.channels[0], train, self.dtype)
         features["stem"] = x
