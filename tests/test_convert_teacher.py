@@ -27,7 +27,7 @@ def _torch_tiny_x3d(num_classes: int):
     torch.manual_seed(0)
     return torch, create_x3d(
         input_clip_length=4,
-        input_crop_size=16,
+        input_crop_size=32,  # Only sizes pytorchvideo's fixed head pool (no parameters).
         model_num_class=num_classes,
         width_factor=hp["width_factor"],
         depth_factor=hp["depth_factor"],
