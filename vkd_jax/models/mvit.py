@@ -56,6 +56,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vkd_jax.models import layers
+
 Triple = tuple[int, int, int]
 
 
@@ -311,14 +313,16 @@ class AttentionPool(nn.Module):
         b, n, _, c = x.shape
         cls_tok, patches = x[:, :, :1], x[:, :, 1:]
         patches = patches.reshape(b * n, *thw, c)
-        patches = nn.Conv(
-            self.head_dim,
-            self.kernel,
-            strides=self.stride,
-            padding=[(k // 2, k // 2) for k in self.kernel],
-            feature_group_count=self.head_dim,
+        # Depthwise pooling conv; layers.Conv3d has nn.Conv's variables and a fast CPU path.
+        patches = layers.Conv3d(
+            features=self.head_dim,
+            kernel_size=tuple(self.kernel),
+            strides=tuple(self.stride),
+            padding=tuple(k // 2 for k in self.kernel),
+            groups=self.head_dim,
             use_bias=False,
             dtype=self.dtype,
+            kernel_init=nn.initializers.lecun_normal(),
             name="pool",
         )(patches)
         new_thw = tuple(patches.shape[1:4])
