@@ -138,6 +138,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ------------------------------------------------------ mode=train etc.
     c.train_model = "student"  # mode=train: "student" or a teacher name.
+    # mode=train: start from this model directory (e.g. a converted Kinetics teacher). Layers
+    # whose shape differs (the classifier, for a new class count) start fresh.
+    c.init_checkpoint = ""
 
     # ---------------------------------------------------------- experiment
     c.experiment = e = ml_collections.ConfigDict()

@@ -37,3 +37,19 @@ def test_cpu_formulation_equals_xla_conv(kernel, strides, padding, groups, cin, 
     np.testing.assert_allclose(np.asarray(y1), np.asarray(y0), rtol=1e-5, atol=1e-5)
     for a, b in zip(g1, g0, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "name,variant,published",
+    [("x3d", "s", 1.96), ("x3d", "m", 4.73), ("mvit", "v2_s", 64.0)],
+)
+def test_gmacs_of_full_size_models_match_published(name, variant, published):
+    """MACs come from a trace with native convolutions, whatever the backend does."""
+    from vkd_jax import evaluation, models
+
+    model = models.get_model(name, variant=variant, num_classes=400)
+    shape = models.standard_input(name, variant)
+    video = jax.ShapeDtypeStruct((1, *shape, 3), np.float32)
+    variables = jax.eval_shape(lambda v: model.init(jax.random.key(0), v, train=False), video)
+    gmacs = evaluation.count_macs(model, variables, shape) / 1e9
+    assert abs(gmacs - published) / published < 0.05, (gmacs, published)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -184,3 +185,34 @@ def test_gradient_accumulation_matches_full_batch_for_sgd():
         )
         results.append(jax.jit(step)(state, {}, batch)[0])  # fmt: skip
     _leaves_close(results[0].params, results[1].params, rtol=1e-4, atol=1e-6)
+
+
+def test_fine_tuning_from_a_checkpoint_with_another_class_count(tiny_data_dir, tmp_path):
+    """init_checkpoint: every layer but the classifier comes from the checkpoint."""
+    config = tiny_config(tiny_data_dir)
+    model = models.get_model("x3d", variant="tiny", num_classes=7)
+    variables = model.init(jax.random.key(5), jnp.zeros((1, 4, 16, 16, 3)), train=False)
+    path = str(tmp_path / "pretrained")
+    checkpoint.save_model(path, variables, {"name": "x3d", "variant": "tiny", "num_classes": 7})
+    loss = train.supervised_loss(config.loss)
+    stage = train.Stage("ft", str(tmp_path / "ft"), config.student, loss, 0, init_checkpoint=path)
+    train.run(config, stage)  # Zero steps: the exported model is the initialization.
+    _, tuned, meta = checkpoint.load_model(str(tmp_path / "ft" / "model"))
+    assert meta["num_classes"] == 12
+    flat_old = flax.traverse_util.flatten_dict(jax.device_get(variables), sep="/")
+    flat_new = flax.traverse_util.flatten_dict(jax.device_get(tuned), sep="/")
+    fresh = [k for k in flat_new if flat_new[k].shape != flat_old[k].shape]
+    assert fresh and all("proj" in k or "head" in k for k in fresh), fresh
+    for k in flat_new:
+        if k not in fresh:
+            np.testing.assert_array_equal(flat_new[k], flat_old[k])
+    other = train.Stage(
+        "ft2",
+        str(tmp_path / "ft2"),
+        ml_collections.ConfigDict({"name": "x3d", "variant": "tiny_m", "checkpoint": ""}),
+        loss,
+        0,
+        init_checkpoint=path,
+    )
+    with pytest.raises(checkpoint.CheckpointError, match="holds x3d/tiny but"):
+        train.run(config, other)

@@ -25,6 +25,8 @@ import jax.extend as jex
 import jax.numpy as jnp
 import numpy as np
 
+from vkd_jax.models import layers
+
 # ----------------------------------------------------------------------------- size and cost
 
 
@@ -128,7 +130,9 @@ def count_macs(
     abstract_variables = _abstract(variables)
 
     def forward(v, x):
-        logits, _ = model.apply(v, x, train=False)
+        # Count the convolutions themselves, not the CPU formulation of them (see layers.Conv3d).
+        with layers.native_convolutions():
+            logits, _ = model.apply(v, x, train=False)
         return logits  # Features are dead code unless the logits need them, as in deployment.
 
     if method == "jaxpr":

@@ -80,6 +80,7 @@ def run_train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
             model=spec,
             loss=train.supervised_loss(config.loss),
             num_steps=config.train.num_steps,
+            init_checkpoint=config.init_checkpoint,
         ),
     )
     _print_summary(summary)

@@ -21,6 +21,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -50,6 +51,8 @@ class Stage:
       loss: the objective's config (``loss`` section); CE-only for supervised.
       num_steps: optimizer updates.
       teachers: teacher name -> model entry with a ``checkpoint`` directory.
+      init_checkpoint: model directory whose variables initialize the trained
+        model (fine-tuning); layers whose shapes differ start fresh.
     """
 
     name: str
@@ -58,6 +61,7 @@ class Stage:
     loss: ml_collections.ConfigDict
     num_steps: int
     teachers: Mapping[str, ml_collections.ConfigDict] = dataclasses.field(default_factory=dict)
+    init_checkpoint: str = ""
 
 
 def supervised_loss(loss_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -232,6 +236,8 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
     restored = checkpoint.restore_state(manager, abstract_state)
     if restored is None:
         state, start_step = init(jax.random.fold_in(rng, 1), teacher_vars), 0
+        if stage.init_checkpoint:
+            state = _initialize_from(state, stage, tx, repl)
     else:
         state, start_step = restored
 
@@ -303,6 +309,51 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
         with open(eval_path, "w") as f:
             json.dump(summary, f, indent=2)
     return summary
+
+
+def _initialize_from(state, stage: Stage, tx, repl) -> train_step.TrainState:
+    """Copies a model directory's variables into a fresh state (fine-tuning).
+
+    Every variable whose path and shape match is taken from the checkpoint;
+    the others (the classifier when the class count differs) keep their fresh
+    initialization, and are logged.
+    """
+    meta = checkpoint.read_metadata(stage.init_checkpoint)
+    if (meta["name"], meta["variant"]) != (stage.model.name, stage.model.variant):
+        raise checkpoint.CheckpointError(
+            f"init_checkpoint {stage.init_checkpoint!r} holds {meta['name']}/{meta['variant']} "
+            f"but the trained model is {stage.model.name}/{stage.model.variant}"
+        )
+    _, loaded, _ = checkpoint.load_model(stage.init_checkpoint, what="init_checkpoint")
+    fresh_flat = flax.traverse_util.flatten_dict(
+        {"params": state.params["student"], "batch_stats": state.batch_stats}, sep="/"
+    )
+    loaded_flat = flax.traverse_util.flatten_dict(dict(loaded), sep="/")
+    merged, kept_fresh = {}, []
+    for path, value in fresh_flat.items():
+        source = loaded_flat.get(path)
+        if source is not None and tuple(source.shape) == tuple(value.shape):
+            merged[path] = jnp.asarray(source, value.dtype)
+        else:
+            merged[path] = value
+            kept_fresh.append(path)
+    logging.info(
+        "Initialized %s from %s; %d variables start fresh: %s",
+        stage.name,
+        stage.init_checkpoint,
+        len(kept_fresh),
+        kept_fresh,
+    )
+    if len(kept_fresh) == len(fresh_flat):
+        raise checkpoint.CheckpointError(
+            f"init_checkpoint {stage.init_checkpoint!r} shares no variable with the model"
+        )
+    tree = flax.traverse_util.unflatten_dict(merged, sep="/")
+    params = dict(state.params, student=tree["params"])
+    new = state.replace(
+        params=params, batch_stats=tree.get("batch_stats", {}), opt_state=tx.init(params)
+    )
+    return jax.device_put(new, repl)
 
 
 def _train_loop(

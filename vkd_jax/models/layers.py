@@ -22,6 +22,7 @@ Everything here is channels-last: video maps are ``(B, T, H, W, C)``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -162,6 +163,25 @@ class Conv3d(nn.Module):
         return y
 
 
+# Set by native_convolutions(): traces then use XLA's convolution on every backend.
+_NATIVE_CONVOLUTIONS = [False]
+
+
+@contextlib.contextmanager
+def native_convolutions():
+    """Traces inside use XLA's native convolutions even on CPU.
+
+    For counting multiply-accumulates from a trace (fvcore's convention counts
+    convolutions, which the CPU formulation would turn into elementwise ops).
+    """
+    previous = _NATIVE_CONVOLUTIONS[0]
+    _NATIVE_CONVOLUTIONS[0] = True
+    try:
+        yield
+    finally:
+        _NATIVE_CONVOLUTIONS[0] = previous
+
+
 def conv3d_apply(
     x: jax.Array,
     kernel: jax.Array,
@@ -186,7 +206,7 @@ def conv3d_apply(
     k = kernel.shape[:3]
     cin, cout = x.shape[-1], kernel.shape[-1]
     if cpu_friendly is None:
-        cpu_friendly = jax.default_backend() == "cpu"
+        cpu_friendly = jax.default_backend() == "cpu" and not _NATIVE_CONVOLUTIONS[0]
     strided = any(s > 1 for s in strides)
     if cpu_friendly and k == (1, 1, 1) and groups == 1 and padding == (0, 0, 0):
         x = x[:, :: strides[0], :: strides[1], :: strides[2]]
