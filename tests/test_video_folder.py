@@ -415,3 +415,25 @@ def test_skipped_report_is_json_beside_the_data(tmp_path):
     again = video_folder.builder_from_config(data)
     assert again.is_prepared() and again.info.features["label"].names == ds.class_names
     assert set(read_split(again, "train")) == set(ds.expected["train"])
+
+
+def test_short_training_run_on_a_built_video_folder_dataset(tmp_path):
+    """The real-video path end to end: build, train a tiny student 2 steps, evaluate."""
+    from conftest import tiny_config
+
+    from vkd_jax import train
+
+    ds = video_fixtures.make_hmdb51(str(tmp_path / "src"))
+    config = tiny_config(tmp_path / "tfds")
+    config.data = data_config(tmp_path / "tfds", ds, layout="hmdb51")
+    config.data.num_frames, config.data.frame_stride, config.data.crop_size = 4, 2, 16
+    config.data.eval_num_clips, config.data.shuffle_buffer = 1, 8
+    config.data.cache = False
+    config.train.batch_size = 4
+    config.train.eval_batch_size = 4
+    loss = train.supervised_loss(config.loss)
+    summary = train.run(
+        config, train.Stage("folder", str(tmp_path / "run"), config.student, loss, 2)
+    )
+    assert summary["num_examples"] == len(ds.expected["test"])
+    assert len(summary["per_class_accuracy"]) == len(ds.class_names)
