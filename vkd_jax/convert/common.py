@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
@@ -149,3 +150,45 @@ def check_and_cast(converted: Mapping[str, Any], expected: Mapping[str, Any]) ->
         raise ConversionError("; ".join(problems))
     out = {k: np.asarray(v, dtype=exp_flat[k].dtype) for k, v in conv_flat.items()}
     return traverse_util.unflatten_dict(out, sep="/")
+
+
+class VariableBuilder:
+    """Nested variable dicts filled from a reader, remembering each leaf's source key.
+
+    ``finish`` checks every key was used and every shape fits, naming the
+    PyTorch key and the Flax path on a mismatch.
+    """
+
+    def __init__(self, reader: StateDictReader):
+        self.reader = reader
+        self.variables: dict = {"params": {}, "batch_stats": {}}
+        self.origin: dict[tuple[str, ...], str] = {}
+
+    def put(self, path: tuple[str, ...], key: str, transform=None) -> None:
+        tree = self.variables
+        for name in path[:-1]:
+            tree = tree.setdefault(name, {})
+        tree[path[-1]] = self.reader.take(key, transform)
+        self.origin[path] = key
+
+    def finish(self, module: Any, video_shape: tuple[int, ...]) -> dict[str, Any]:
+        """Checks every key was used and every shape fits, naming both sides on a mismatch."""
+        self.reader.finish()
+        expected = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(video_shape))
+        want = traverse_util.flatten_dict(expected)
+        bad = [
+            f"{key} has shape {self.reader.take(key).shape}, but {'/'.join(path)} needs "
+            f"{tuple(want[path].shape)}"
+            for path, key in self.origin.items()
+            if path in want and np.shape(_get_path(self.variables, path)) != tuple(want[path].shape)
+        ]
+        if bad:
+            more = f"; ... ({len(bad)} in all)" if len(bad) > 10 else ""
+            raise ConversionError("Shape mismatch: " + "; ".join(bad[:10]) + more)
+        return check_and_cast(self.variables, expected)
+
+
+def _get_path(tree: dict, path: tuple[str, ...]) -> Any:
+    for name in path:
+        tree = tree[name]
+    return tree

@@ -22,53 +22,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 from vkd_jax.convert import common
 from vkd_jax.models import shufflenet3d
 
 _WIDTHS = ("0.25", "0.5", "1.0", "1.5", "2.0")
-
-
-class _Builder:
-    """Nested variable dicts filled from a reader, remembering each leaf's source key."""
-
-    def __init__(self, reader: common.StateDictReader):
-        self.reader = reader
-        self.variables: dict = {"params": {}, "batch_stats": {}}
-        self.origin: dict[tuple[str, ...], str] = {}
-
-    def put(self, path: tuple[str, ...], key: str, transform=None) -> None:
-        tree = self.variables
-        for name in path[:-1]:
-            tree = tree.setdefault(name, {})
-        tree[path[-1]] = self.reader.take(key, transform)
-        self.origin[path] = key
-
-    def finish(self, module: Any, video_shape: tuple[int, ...]) -> dict[str, Any]:
-        """Checks every key was used and every shape fits, naming both sides on a mismatch."""
-        self.reader.finish()
-        expected = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(video_shape))
-        want = traverse_util.flatten_dict(expected)
-        bad = [
-            f"{key} has shape {self.reader.take(key).shape}, but {'/'.join(path)} needs "
-            f"{tuple(want[path].shape)}"
-            for path, key in self.origin.items()
-            if path in want and np.shape(_get(self.variables, path)) != tuple(want[path].shape)
-        ]
-        if bad:
-            more = f"; ... ({len(bad)} in all)" if len(bad) > 10 else ""
-            raise common.ConversionError("Shape mismatch: " + "; ".join(bad[:10]) + more)
-        return common.check_and_cast(self.variables, expected)
-
-
-def _get(tree: dict, path: tuple[str, ...]) -> Any:
-    for name in path:
-        tree = tree[name]
-    return tree
 
 
 def convert(
@@ -96,7 +55,7 @@ def convert(
             f"classifier.1.weight has {found} classes"
         )
     module = shufflenet3d.create(variant, num_classes=found)
-    out = _Builder(reader)
+    out = common.VariableBuilder(reader)
 
     def conv_bn(dst: tuple[str, ...], conv_key: str, bn_key: str) -> None:
         out.put(("params", *dst, "conv", "kernel"), f"{conv_key}.weight", common.conv3d_kernel)
