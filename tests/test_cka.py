@@ -303,14 +303,9 @@ def test_default_layers_order():
         "block1": 0,
         "stage1": 0,
     }
-    assert cka.default_layers(feats) == [
-        "stem",
-        "stage1",
-        "stage2",
-        "stage10",
-        "block1",
-        "pre_logits",
-    ]
+    assert cka.default_layers(feats) == ["stem", "block1", "pre_logits"]
+    del feats["block1"]
+    assert cka.default_layers(feats) == ["stem", "stage1", "stage2", "stage10", "pre_logits"]
 
 
 def _toy_model(seed):

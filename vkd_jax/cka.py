@@ -464,7 +464,10 @@ _LAYER_GROUPS = (
 
 
 def default_layers(features: Mapping[str, Any]) -> list[str]:
-    """Layers of a model's features dict for a CKA map: stem, stage*, block*, pre_logits.
+    """Layers of a model's features dict for a CKA map: stem, stage* or block*, pre_logits.
+
+    Transformers return ``block<i>`` and ``stage<k>`` (an alias of the last block
+    of each stage); their maps use the blocks only.
 
     Args:
       features: the features dict a model returns (DESIGN.md "Models").
@@ -478,7 +481,10 @@ def default_layers(features: Mapping[str, Any]) -> list[str]:
         return int(digits[0]) if digits else 0
 
     layers = []
+    has_blocks = any(_LAYER_GROUPS[2].match(k) for k in features)
     for pattern in _LAYER_GROUPS:
+        if has_blocks and pattern is _LAYER_GROUPS[1]:
+            continue  # Transformers' stage<k> are aliases of block outputs: list each layer once.
         layers += sorted((k for k in features if pattern.match(k)), key=number)
     return layers
 
