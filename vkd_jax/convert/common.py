@@ -59,6 +59,23 @@ def unwrap_state_dict(obj: Any) -> dict[str, np.ndarray]:
     return out
 
 
+def head_classes(state_dict: Mapping[str, Any], key: str, num_classes: int | None) -> int:
+    """Class count of the checkpoint's classifier ``key``, checked against ``num_classes``.
+
+    Raises:
+      ConversionError: the key is missing, or ``num_classes`` is given and differs.
+    """
+    if key not in state_dict:
+        raise ConversionError(f"Missing key in checkpoint: {key!r}")
+    found = int(np.shape(state_dict[key])[0])
+    if num_classes is not None and num_classes != found:
+        raise ConversionError(
+            f"num_classes={num_classes} was requested but the checkpoint's head ({key}) "
+            f"has {found} classes"
+        )
+    return found
+
+
 def conv3d_kernel(w: np.ndarray) -> np.ndarray:
     """``(O, I/g, kt, kh, kw)`` -> ``(kt, kh, kw, I/g, O)``."""
     return np.transpose(w, (2, 3, 4, 1, 0))

@@ -33,6 +33,7 @@ from vkd_jax.convert.common import (
     StateDictReader,
     check_and_cast,
     conv3d_kernel,
+    head_classes,
     linear_kernel,
 )
 from vkd_jax.models import mvit
@@ -138,14 +139,7 @@ def convert(
     """
     layout = detect_layout(state_dict)
     head_key = _torch_key(("head", "bias"), layout)[0]
-    if head_key not in state_dict:
-        raise ConversionError(f"Missing key in checkpoint: {head_key!r}")
-    ckpt_classes = int(np.shape(state_dict[head_key])[0])
-    if num_classes is not None and num_classes != ckpt_classes:
-        raise ConversionError(
-            f"num_classes={num_classes} was requested but the checkpoint's head "
-            f"({head_key}) has {ckpt_classes} classes"
-        )
+    ckpt_classes = head_classes(state_dict, head_key, num_classes)
     overrides.setdefault("input_size", _input_size(state_dict))
     module = mvit.create(variant, num_classes=ckpt_classes, **overrides)
     t, h, w = module.input_size

@@ -42,13 +42,8 @@ def convert(
       ConversionError: missing/unexpected keys, shape mismatches, or a head size
         that differs from ``num_classes``.
     """
+    found = common.head_classes(state_dict, "fc.weight", num_classes)
     reader = common.StateDictReader(state_dict)
-    found = int(reader.take("fc.weight").shape[0])
-    if num_classes is not None and num_classes != found:
-        raise common.ConversionError(
-            f"num_classes={num_classes} was requested but the checkpoint's head fc.weight "
-            f"has {found} classes"
-        )
     module = r2plus1d.create(variant, num_classes=found)
     out = common.VariableBuilder(reader)
 

@@ -47,13 +47,8 @@ def convert(
       ConversionError: missing/unexpected keys, shape mismatches, or a head size
         that differs from ``num_classes``.
     """
+    found = common.head_classes(state_dict, "classifier.1.weight", num_classes)
     reader = common.StateDictReader(state_dict)
-    found = int(reader.take("classifier.1.weight").shape[0])
-    if num_classes is not None and num_classes != found:
-        raise common.ConversionError(
-            f"num_classes={num_classes} was requested but the checkpoint's head "
-            f"classifier.1.weight has {found} classes"
-        )
     module = shufflenet3d.create(variant, num_classes=found)
     out = common.VariableBuilder(reader)
 

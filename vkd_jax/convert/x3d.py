@@ -203,14 +203,7 @@ def convert(variant: str, state_dict: Mapping[str, np.ndarray], *, num_classes: 
     state_dict = {k: common.to_numpy(v) for k, v in state_dict.items()}
     layout = detect_layout(state_dict)
     proj_w = _head_key(layout, "proj") + ".weight"
-    if proj_w not in state_dict:
-        raise common.ConversionError(f"Missing key in checkpoint: {proj_w!r}")
-    ckpt_classes = int(np.shape(state_dict[proj_w])[0])
-    if num_classes is not None and num_classes != ckpt_classes:
-        raise common.ConversionError(
-            f"num_classes={num_classes} requested but the checkpoint's head ({proj_w}) "
-            f"has {ckpt_classes} classes"
-        )
+    ckpt_classes = common.head_classes(state_dict, proj_w, num_classes)
     # Options that only show up as extra tensors: BN after lin_5, BN on stage 1's
     # width-preserving strided shortcut (PySlowFast).
     first_shortcut = torch_key(("blocks_1", "res_blocks_0", "branch1_norm", "scale"), layout)
