@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vkd_jax import checkpoint, train
+from vkd_jax import train
 from vkd_jax.data import pipeline
 from vkd_jax.losses import objective
 
@@ -103,21 +103,9 @@ def _evaluate_checkpoint(config, path: str, workdir: str, name: str) -> dict[str
     if os.path.isfile(eval_path):
         with open(eval_path) as f:
             return json.load(f)
-    os.makedirs(outdir, exist_ok=True)
-    info = pipeline.dataset_info(config.data)
-    from vkd_jax import sharding  # Local: keeps import order of the module light.
-
-    module, variables, meta = checkpoint.load_model(
-        path, num_classes=info.num_classes, what=f"teacher {name!r}"
+    return train.evaluate_checkpoint(
+        config, path, outdir, what=f"teacher {name!r}", stage=f"teacher_{name}"
     )
-    summary = train.evaluate_model(
-        config, module, variables, info, outdir, mesh=sharding.make_mesh(config.mesh.data)
-    )
-    summary.update(stage=f"teacher_{name}", model=f"{meta['name']}/{meta['variant']}")
-    if jax.process_index() == 0:
-        with open(eval_path, "w") as f:
-            json.dump(summary, f, indent=2)
-    return summary
 
 
 def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

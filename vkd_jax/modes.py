@@ -6,11 +6,10 @@ import json
 import os
 from typing import Any
 
-import jax
 import ml_collections
 from absl import logging
 
-from vkd_jax import checkpoint, experiment, sharding, train
+from vkd_jax import experiment, train
 from vkd_jax.data import pipeline, preview
 
 
@@ -107,17 +106,7 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
 def run_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Evaluates ``config.student.checkpoint`` (or ``<workdir>/model``)."""
     path = config.student.checkpoint or os.path.join(workdir, "model")
-    info = pipeline.dataset_info(config.data)
-    module, variables, meta = checkpoint.load_model(
-        path, num_classes=info.num_classes, dtype=train.compute_dtype(config), what="model"
-    )
-    summary = train.evaluate_model(
-        config, module, variables, info, workdir, mesh=sharding.make_mesh(config.mesh.data)
-    )
-    summary.update(model=f"{meta['name']}/{meta['variant']}", checkpoint=path)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, train.EVAL_FILE), "w") as f:
-            json.dump(summary, f, indent=2)
+    summary = train.evaluate_checkpoint(config, path, workdir)
     _print_summary(summary)
     return summary
 

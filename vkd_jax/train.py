@@ -305,10 +305,39 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
     summary["params_sha256"] = params_digest(variables)
     writer.write_scalars(stage.num_steps, {"eval/top1": summary["top1"]})
     writer.flush()
-    if jax.process_index() == 0:
-        with open(eval_path, "w") as f:
-            json.dump(summary, f, indent=2)
+    _write_eval(stage.workdir, summary)
     return summary
+
+
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict, path: str, outdir: str, *, what: str = "model", **extra
+) -> dict[str, Any]:
+    """Loads a model directory, evaluates it and writes ``<outdir>/eval.json``.
+
+    Args:
+      config: the run's config (data, eval, dtype, mesh sections).
+      path: a model directory (from a stage or tools/convert_checkpoint.py).
+      outdir: where ``eval.json`` and ``confusion.png`` go.
+      what: how error messages name the model (e.g. ``"teacher 'cnn'"``).
+      **extra: fields added to the summary (e.g. ``stage``).
+    """
+    os.makedirs(outdir, exist_ok=True)
+    info = pipeline.dataset_info(config.data)
+    module, variables, meta = checkpoint.load_model(
+        path, num_classes=info.num_classes, dtype=compute_dtype(config), what=what
+    )
+    summary = evaluate_model(
+        config, module, variables, info, outdir, mesh=sharding.make_mesh(config.mesh.data)
+    )
+    summary.update(model=f"{meta['name']}/{meta['variant']}", checkpoint=path, **extra)
+    _write_eval(outdir, summary)
+    return summary
+
+
+def _write_eval(outdir: str, summary: Mapping[str, Any]) -> None:
+    if jax.process_index() == 0:
+        with open(os.path.join(outdir, EVAL_FILE), "w") as f:
+            json.dump(summary, f, indent=2)
 
 
 def _initialize_from(state, stage: Stage, tx, repl) -> train_step.TrainState:
