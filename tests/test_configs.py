@@ -29,6 +29,12 @@ def _load(path):
         sys.path.remove(ROOT)
 
 
+def _with(config, **overrides):
+    config = config.copy_and_resolve_references()
+    config.update(overrides)
+    return config
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_config_validates(path):
     config = _load(path)
@@ -39,6 +45,13 @@ def test_config_validates(path):
             config_lib.validate(config)
         config.data.data_dir = "/d"
         config.data.folder.root = "/v"
+        # Fine-tuning a teacher (mode=train) or evaluating needs no teacher checkpoints...
+        for mode in ("data", "train", "evaluate", "cka"):
+            config_lib.validate(_with(config, mode=mode))
+        # ...distilling does, and says which.
+        for mode in config_lib.TEACHER_MODES:
+            with pytest.raises(ValueError, match="teachers.cnn.checkpoint, teachers.vit.chec"):
+                config_lib.validate(_with(config, mode=mode))
         config.teachers.cnn.checkpoint = "/c"
         config.teachers.vit.checkpoint = "/v2"
     config_lib.validate(config)

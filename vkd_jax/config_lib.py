@@ -14,6 +14,10 @@ import os
 import ml_collections
 
 MODES = ("data", "train", "distill", "evaluate", "experiment", "ablation", "cka")
+# Modes that load the teachers given by `teachers.<name>.checkpoint`; the other modes never
+# read those keys, so a recipe's required checkpoints are not required there (fine-tuning
+# a teacher with mode=train must not ask for the teachers it is about to produce).
+TEACHER_MODES = ("distill", "experiment", "ablation")
 # Sections whose keys are names chosen by the user (teacher names), not schema keys.
 _FREE_SECTIONS = ("teachers",)
 # Sections only some configs declare (e.g. configs/ablation.py).
@@ -44,6 +48,11 @@ def _get(config, dotted: str):
     return config
 
 
+def _is_teacher_checkpoint(key: str) -> bool:
+    parts = key.split(".")
+    return len(parts) == 3 and parts[0] == "teachers" and parts[2] == "checkpoint"
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first unknown key or bad value of ``config``."""
     if config.get("mode") not in MODES:
@@ -58,7 +67,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 f"Unknown config key {key!r} (not declared in configs/default.py); "
                 "check its spelling"
             )
-    missing = [key for key in _flat_keys(config) if _get(config, key) is None]
+    missing = [
+        key
+        for key in _flat_keys(config)
+        if _get(config, key) is None
+        and (config.mode in TEACHER_MODES or not _is_teacher_checkpoint(key))
+    ]
     if missing:
         raise ValueError(
             "Required config keys not set: "
