@@ -57,7 +57,18 @@ def experiment_maps(
     models = {}
     for name, path in paths.items():
         module, variables, _ = checkpoint.load_model(path, num_classes=info.num_classes, what=name)
-        models[name] = jax.jit(lambda v, x, m=module: m.apply(v, x, train=False)[1]), variables
+        models[name] = module, variables
+
+    @jax.jit
+    def features(all_variables, video):
+        """Every model's features of one batch, keyed "<model>/<layer>"."""
+        out = {}
+        for name, (module, _) in models.items():
+            feats = module.apply(all_variables[name], video, train=False)[1]
+            out.update({f"{name}/{k}": v for k, v in feats.items()})
+        return out
+
+    all_variables = {name: variables for name, (_, variables) in models.items()}
 
     def batches():
         local = sharding.local_batch_size(config.cka.batch_size)
@@ -65,33 +76,45 @@ def experiment_maps(
             # First view of each video: CKA compares representations of the same inputs.
             yield sharding.to_global({"video": b["video"][:, 0], "mask": b["mask"]}, mesh)
 
-    def apply(name):
-        fn, variables = models[name]
-        return lambda video: fn(variables, video)
-
-    kw = dict(
+    outdir = os.path.join(workdir, "cka")
+    os.makedirs(outdir, exist_ok=True)
+    t, c = config.data.num_frames, config.data.crop_size
+    sample = jax.ShapeDtypeStruct((2, t, c, c, 3), jax.numpy.float32)
+    shapes = jax.eval_shape(features, all_variables, sample)
+    layers = {
+        name: cka.default_layers(
+            {k.split("/", 1)[1]: v for k, v in shapes.items() if k.split("/", 1)[0] == name}
+        )
+        for name in models
+    }
+    # One pass over the data: a self map of all models' layers together holds every self and
+    # cross map as a block (the streaming estimate of each pair does not depend on the others),
+    # and each model's forward runs once per batch instead of once per map it appears in.
+    joint = [f"{name}/{layer}" for name in models for layer in layers[name]]
+    logging.info(
+        "CKA maps of %s: %d layers, one pass over the eval split", list(models), len(joint)
+    )
+    values = cka.cka_self_map(
+        lambda video: features(all_variables, video),
+        batches(),
+        joint,
         kernel=config.cka.kernel,
         threshold=config.cka.rbf_threshold,
         unbiased=config.cka.unbiased,
         num_examples=config.cka.num_examples,
     )
-    outdir = os.path.join(workdir, "cka")
-    os.makedirs(outdir, exist_ok=True)
-    t, c = config.data.num_frames, config.data.crop_size
-    sample = jax.ShapeDtypeStruct((2, t, c, c, 3), jax.numpy.float32)
-    layers = {n: cka.default_layers(jax.eval_shape(apply(n), sample)) for n in models}
-    self_maps, cross_maps = {}, {}
+    start, blocks = 0, {}
     for name in models:
-        logging.info("CKA self map of %s", name)
-        values = cka.cka_self_map(apply(name), batches(), layers[name], **kw)
-        self_maps[name] = (values, layers[name], layers[name])
+        blocks[name] = slice(start, start + len(layers[name]))
+        start += len(layers[name])
+    self_maps = {n: (values[blocks[n], blocks[n]], layers[n], layers[n]) for n in models}
     students = [n for n in models if n.startswith("student")]
     teachers = [n for n in models if n.startswith("teacher")]
-    for s in students:
-        for t in teachers:
-            logging.info("CKA cross map %s vs %s", s, t)
-            values = cka.cka_map(apply(s), apply(t), batches(), layers[s], layers[t], **kw)
-            cross_maps[f"{s} vs {t}"] = (values, layers[s], layers[t])
+    cross_maps = {
+        f"{s} vs {t}": (values[blocks[s], blocks[t]], layers[s], layers[t])
+        for s in students
+        for t in teachers
+    }
     files = []
     if jax.process_index() == 0:
         files.append(os.path.join(outdir, "self_maps.png"))
