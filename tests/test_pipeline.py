@@ -254,3 +254,48 @@ def test_eval_views_are_distinct_clips(data_cfg):
     assert video.shape == (4, 2, 4, 24, 24, 3)
     assert not np.array_equal(video[:, 0], video[:, 1])
     assert batch["mask"].all()
+
+
+# ------------------------------------------------------------- TFDS's own datasets
+
+
+def test_tfds_ucf101_through_the_pipeline(data_cfg, tmp_path):
+    """TFDS's own `ucf101` builder (its real features: a tfds Video of 256x256 frames and a
+    101-way ClassLabel) runs through the same pipeline. Its videos cannot be downloaded here,
+    so TFDS's mock serves random examples of that spec from split metadata written below."""
+    import tensorflow_datasets as tfds
+
+    n = 5
+    builder = tfds.builder("ucf101/ucf101_1_256", data_dir=str(tmp_path))
+    builder.info.set_splits(
+        tfds.core.SplitDict(
+            [tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0) for s in ("train", "test")]
+        )
+    )
+    tf.io.gfile.makedirs(builder.data_dir)
+    builder.info.write_to_directory(builder.data_dir)
+    cfg = _with(
+        data_cfg,
+        name="ucf101",
+        builder_config="ucf101_1_256",
+        data_dir=str(tmp_path),
+        random_flip=True,
+        eval_num_crops=3,
+        cache=False,
+    )
+    mock = tfds.testing.mock_data(
+        num_examples=n, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(tmp_path)
+    )
+    with mock:
+        info = pipeline.dataset_info(cfg)
+        assert info.num_classes == 101 and info.class_names[0] == "ApplyEyeMakeup"
+        assert info.split_sizes == {"train": n, "test": n}
+        (batch,) = _batches(pipeline.train_dataset(cfg, batch_size=2, seed=0), 1)
+        assert batch["video"].shape == (2, 4, 24, 24, 3) and batch["video"].dtype == np.float32
+        assert batch["label"].dtype == np.int32
+        batches = list(pipeline.eval_dataset(cfg, batch_size=4).as_numpy_iterator())
+        stored = [int(ex["label"]) for ex in pipeline.load_builder(cfg).as_dataset(split="test")]
+    assert [b["video"].shape for b in batches] == [(4, 6, 4, 24, 24, 3)] * 2
+    mask = np.concatenate([b["mask"] for b in batches])
+    assert mask.tolist() == [True] * n + [False] * 3
+    assert np.concatenate([b["label"] for b in batches])[mask].tolist() == stored
