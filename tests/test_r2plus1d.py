@@ -4,46 +4,22 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import model_testing
 import numpy as np
 import pytest
 import torch_compat
 
-from vkd_jax import models
+from vkd_jax import evaluation, models
 from vkd_jax.models import r2plus1d
 
 NUM_CLASSES = 5
-
-
-def _count(tree) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
-
-
-def _random_variables(model, video, seed: int = 0) -> dict:
-    """Random float32 variables from NumPy: no XLA-compiled RNG, so tests stay fast on CPU.
-
-    Kernels get He-normal scale so activations stay O(1); BN gets non-trivial
-    affine parameters and running statistics.
-    """
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), video)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return rng.normal(0.0, np.sqrt(2.0 / fan_in), leaf.shape).astype(np.float32)
-        if name in ("scale", "var"):
-            return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
-        return rng.normal(0.0, 0.1, leaf.shape).astype(np.float32)  # bias, mean
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 @pytest.fixture(scope="module")
 def tiny():
     model = models.get_model("r2plus1d", variant="tiny", num_classes=NUM_CLASSES)
     video = jax.random.normal(jax.random.key(1), (2, 8, 32, 32, 3))
-    variables = _random_variables(model, video)
+    variables = model_testing.random_cnn_variables(model, video)
     # mutable in eval too, to show the statistics come back unchanged.
     eval_out, eval_state = jax.jit(
         lambda v, x: model.apply(v, x, train=False, mutable=["batch_stats"])
@@ -68,7 +44,9 @@ def test_init_matches_torchvision_scheme():
     np.testing.assert_array_equal(params["fc"]["bias"], 0.0)
     np.testing.assert_array_equal(params["stem"]["bn_s"]["scale"], 1.0)
     np.testing.assert_array_equal(stats["stem"]["bn_s"]["var"], 1.0)
-    assert _count(params) == _count(_random_variables(model, video)["params"])
+    assert evaluation.count_params(params) == evaluation.count_params(
+        model_testing.random_cnn_variables(model, video)["params"]
+    )
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -90,7 +68,7 @@ def test_tiny_logits_and_feature_shapes(tiny, train):
 
 def test_tiny_is_small(tiny):
     variables = tiny[1]
-    assert 20_000 < _count(variables["params"]) < 100_000
+    assert 20_000 < evaluation.count_params(variables["params"]) < 100_000
 
 
 def test_full_size_parameter_counts():
@@ -99,7 +77,7 @@ def test_full_size_parameter_counts():
         model = models.get_model("r2plus1d", variant=variant, num_classes=400)
         t, h, w = models.standard_input("r2plus1d", variant)
         shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, t, h, w, 3)))
-        counts[variant] = _count(shapes["params"])
+        counts[variant] = evaluation.count_params(shapes["params"])
     # torchvision r2plus1d_18 has 31,505,325 parameters; the module docstring lists both.
     assert counts == {"18": 31_505_325, "34": 61_831_661}
 
@@ -120,9 +98,9 @@ def test_parameter_count_matches_torchvision():
                 assert tv_count == sum(p.numel() for p in ref.parameters())
         model = models.get_model("r2plus1d", variant=variant, num_classes=400)
         shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4, 32, 32, 3)))
-        assert _count(shapes["params"]) == sum(p.numel() for p in ref.parameters())
+        assert evaluation.count_params(shapes["params"]) == sum(p.numel() for p in ref.parameters())
         n_stats = sum(b.numel() for n, b in ref.named_buffers() if "running" in n)
-        assert _count(shapes["batch_stats"]) == n_stats
+        assert evaluation.count_params(shapes["batch_stats"]) == n_stats
 
 
 def test_batch_stats_update_only_in_train(tiny):

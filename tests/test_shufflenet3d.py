@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import model_testing
 import numpy as np
 import pytest
 
-from vkd_jax import models
+from vkd_jax import evaluation, models
 from vkd_jax.models import shufflenet3d
 
 NUM_CLASSES = 5
@@ -15,33 +16,12 @@ NUM_CLASSES = 5
 TINY = {"tiny": (2, 8, 32, 32, 3), "v1_tiny": (2, 16, 32, 32, 3)}
 
 
-def _count(tree) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
-
-
-def _random_variables(model, video_shape, seed: int = 0) -> dict:
-    """Random float32 variables from NumPy (no XLA-compiled RNG: fast on CPU)."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(video_shape))
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return rng.normal(0.0, np.sqrt(2.0 / fan_in), leaf.shape).astype(np.float32)
-        if name in ("scale", "var"):
-            return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
-        return rng.normal(0.0, 0.1, leaf.shape).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 @pytest.fixture(scope="module", params=sorted(TINY))
 def tiny(request):
     variant = request.param
     model = models.get_model("shufflenet3d", variant=variant, num_classes=NUM_CLASSES)
     video = jax.random.normal(jax.random.key(1), TINY[variant])
-    variables = _random_variables(model, video.shape)
+    variables = model_testing.random_cnn_variables(model, video)
     rngs = {"dropout": jax.random.key(3)}
     # mutable in eval too, to show the statistics come back unchanged.
     eval_out, eval_state = jax.jit(
@@ -92,7 +72,7 @@ def test_full_size_parameter_counts():
         model = models.get_model("shufflenet3d", variant=variant, num_classes=600)
         t, h, w = models.standard_input("shufflenet3d", variant)
         shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, t, h, w, 3)))
-        got[variant] = _count(shapes["params"])
+        got[variant] = evaluation.count_params(shapes["params"])
     assert got == want
 
 

@@ -4,44 +4,21 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import model_testing
 import numpy as np
 import pytest
 
-from vkd_jax import models
+from vkd_jax import evaluation, models
 from vkd_jax.models import vit
 
 CLIP = (2, 8, 32, 32, 3)
-
-
-def _n_params(tree) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-
-
-def _random_variables(model, video):
-    """Random parameters in the structure ``model.init`` gives.
-
-    ``eval_shape`` traces ``init`` completely (any init bug fails here) without
-    compiling it: XLA's compile of the truncated-normal initializers costs more
-    CPU than every forward in this file.
-    """
-    shapes = jax.eval_shape(model.init, jax.random.key(0), video)
-    rng = np.random.default_rng(0)
-
-    def fill(path, leaf):
-        name = jax.tree_util.keystr(path)
-        if name.endswith("['scale']"):
-            return jnp.asarray(1.0 + 0.1 * rng.normal(size=leaf.shape), leaf.dtype)
-        fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 50
-        return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in), leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 @pytest.fixture(scope="module")
 def tiny():
     model = models.get_model("vit", variant="tiny", num_classes=10)
     video = jax.random.normal(jax.random.key(1), CLIP)
-    variables = _random_variables(model, video)
+    variables = model_testing.random_transformer_variables(model, video)
     outputs = jax.jit(model.apply)(variables, video)
     return model, variables, video, outputs
 
@@ -66,7 +43,7 @@ def test_tiny_eval_shapes_and_keys(tiny):
     assert logits.shape == (2, 10)
     assert {k: v.shape for k, v in feats.items()} == _expected_keys(4, (4, 4, 4), 32)
     assert np.all(np.isfinite(logits))
-    assert 10_000 < _n_params(variables) < 100_000
+    assert 10_000 < evaluation.count_params(variables) < 100_000
 
 
 def test_stages_are_quarter_depth_blocks():
@@ -120,7 +97,7 @@ def test_full_size_param_counts():
         )
         model = models.get_model("vit", variant=variant, num_classes=400)
         shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 224, 224, 3)))
-        assert _n_params(shapes) == count, variant
+        assert evaluation.count_params(shapes) == count, variant
 
 
 def test_other_clip_sizes_run(tiny):
