@@ -40,8 +40,8 @@ Design properties (why the dataset separates the methods):
   *exactly* the same distribution of the set of frames: a model that sees one
   frame at a random time, or the frames in shuffled order, is at chance within
   every pair. Only the order of events separates them. Measured by
-  tools/measure_frame_vs_clip.py (one small CNN, tiny geometry): clip 0.854
-  top-1, shuffled frames 0.526, one frame 0.167 (chance 0.083).
+  tools/measure_frame_vs_clip.py (one small CNN, tiny geometry): clip 0.855
+  top-1, shuffled frames 0.538, one frame 0.152 (chance 0.083).
 - (c) approach/separate and move_together/move_opposite depend on the relation
   between two discs that start far apart (0.2 to 0.46 of the frame), which a
   global-attention (ViT) teacher captures more easily than a small CNN whose
