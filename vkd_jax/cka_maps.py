@@ -54,21 +54,24 @@ def experiment_maps(
         raise FileNotFoundError(f"No finished model under {workdir!r} to compute CKA maps of")
     info = pipeline.dataset_info(config.data)
     mesh = sharding.make_mesh(config.mesh.data)
-    models = {}
+    modules, all_variables = {}, {}
     for name, path in paths.items():
-        module, variables, _ = checkpoint.load_model(path, num_classes=info.num_classes, what=name)
-        models[name] = module, variables
+        modules[name], all_variables[name], _ = checkpoint.load_model(
+            path, num_classes=info.num_classes, what=name
+        )
 
     @jax.jit
     def features(all_variables, video):
-        """Every model's features of one batch, keyed "<model>/<layer>"."""
-        out = {}
-        for name, (module, _) in models.items():
-            feats = module.apply(all_variables[name], video, train=False)[1]
-            out.update({f"{name}/{k}": v for k, v in feats.items()})
-        return out
+        """Every model's features dict of one batch, keyed by model name."""
+        return {
+            name: module.apply(all_variables[name], video, train=False)[1]
+            for name, module in modules.items()
+        }
 
-    all_variables = {name: variables for name, (_, variables) in models.items()}
+    def joint_features(video):
+        """The same, flattened to "<model>/<layer>" keys for one joint map."""
+        out = features(all_variables, video)
+        return {f"{name}/{k}": v for name, feats in out.items() for k, v in feats.items()}
 
     def batches():
         local = sharding.local_batch_size(config.cka.batch_size)
@@ -81,21 +84,16 @@ def experiment_maps(
     t, c = config.data.num_frames, config.data.crop_size
     sample = jax.ShapeDtypeStruct((2, t, c, c, 3), jax.numpy.float32)
     shapes = jax.eval_shape(features, all_variables, sample)
-    layers = {
-        name: cka.default_layers(
-            {k.split("/", 1)[1]: v for k, v in shapes.items() if k.split("/", 1)[0] == name}
-        )
-        for name in models
-    }
+    layers = {name: cka.default_layers(shapes[name]) for name in modules}
     # One pass over the data: a self map of all models' layers together holds every self and
     # cross map as a block (the streaming estimate of each pair does not depend on the others),
     # and each model's forward runs once per batch instead of once per map it appears in.
-    joint = [f"{name}/{layer}" for name in models for layer in layers[name]]
+    joint = [f"{name}/{layer}" for name in modules for layer in layers[name]]
     logging.info(
-        "CKA maps of %s: %d layers, one pass over the eval split", list(models), len(joint)
+        "CKA maps of %s: %d layers, one pass over the eval split", list(modules), len(joint)
     )
     values = cka.cka_self_map(
-        lambda video: features(all_variables, video),
+        joint_features,
         batches(),
         joint,
         kernel=config.cka.kernel,
@@ -103,13 +101,13 @@ def experiment_maps(
         unbiased=config.cka.unbiased,
         num_examples=config.cka.num_examples,
     )
-    start, blocks = 0, {}
-    for name in models:
+    start, blocks = 0, {}  # Each model's rows (and columns) of the joint map.
+    for name in modules:
         blocks[name] = slice(start, start + len(layers[name]))
         start += len(layers[name])
-    self_maps = {n: (values[blocks[n], blocks[n]], layers[n], layers[n]) for n in models}
-    students = [n for n in models if n.startswith("student")]
-    teachers = [n for n in models if n.startswith("teacher")]
+    self_maps = {n: (values[blocks[n], blocks[n]], layers[n], layers[n]) for n in modules}
+    students = [n for n in modules if n.startswith("student")]
+    teachers = [n for n in modules if n.startswith("teacher")]
     cross_maps = {
         f"{s} vs {t}": (values[blocks[s], blocks[t]], layers[s], layers[t])
         for s in students
