@@ -186,7 +186,7 @@ def test_dataset_info(data_cfg):
     info = pipeline.dataset_info(data_cfg)
     assert info.num_classes == 12 == len(info.class_names)
     assert info.class_names[0] == "move_right"
-    assert info.split_sizes == {"train": 360, "test": 120}
+    assert info.split_sizes == {"train": 360, "validation": 120, "test": 120}
 
 
 def test_train_batches_shapes_and_normalization(data_cfg):
