@@ -31,7 +31,7 @@ def _expected_keys(depth: int, grid, width: int, batch: int = 2):
 
 
 def test_registry():
-    assert set(models.variants("vit")) == {"tiny", "small", "base"}
+    assert set(models.variants("vit")) == {"tiny", "mini", "small", "base"}
     assert models.standard_input("vit", "base") == (16, 224, 224)
     assert models.standard_input("vit", "tiny") is None
     with pytest.raises(ValueError, match="bogus"):
@@ -44,6 +44,17 @@ def test_tiny_eval_shapes_and_keys(tiny):
     assert {k: v.shape for k, v in feats.items()} == _expected_keys(4, (4, 4, 4), 32)
     assert np.all(np.isfinite(logits))
     assert 10_000 < evaluation.count_params(variables) < 100_000
+
+
+def test_mini_tokenizes_4x4x4_tubelets_and_pools_the_mean():
+    model = models.get_model("vit", variant="mini", num_classes=12)
+    clip = jax.ShapeDtypeStruct((2, 8, 32, 32, 3), jnp.float32)
+    variables = jax.eval_shape(lambda v: model.init(jax.random.key(0), v, train=False), clip)
+    logits, feats = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, clip)
+    assert logits.shape == (2, 12)
+    assert feats["stage4"].shape == (2, 2, 8, 8, 32)  # 128 tokens
+    assert feats["pre_logits"].shape == (2, 32)
+    assert "cls" not in variables["params"]  # no class token: the mean of the tokens
 
 
 def test_stages_are_quarter_depth_blocks():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,6 +71,37 @@ def test_tiny_shapes_and_feature_keys(variant, train):
     assert feats["pre_logits"].shape == (2, module.head_dim_out)
     for v in jax.tree.leaves((logits, feats)):
         assert np.isfinite(np.asarray(v)).all()
+
+
+@pytest.mark.parametrize("variant", ["mini", "mini_m"])
+def test_mini_variants_keep_4x4_and_read_out_linearly(variant):
+    module, variables, clip = _tiny(variant)
+    tiny = x3d.create(variant.replace("mini", "tiny"), num_classes=10)
+    assert module.stage_dims() == tiny.stage_dims()  # tiny's widths and depths
+    (logits, feats), stats = _run(module, variables, clip, True, jax.random.key(2))
+    assert logits.shape == (2, 10)
+    assert set(feats) == FEATURE_KEYS - {"head_conv"}
+    sizes = [feats[f"stage{i}"].shape[2] for i in range(1, 5)]
+    assert sizes == [8, 4, 4, 4]  # stages 3 and 4 keep stage 2's resolution
+    assert feats["pre_logits"].shape == (2, module.stage_dims()[-1][2])
+    np.testing.assert_allclose(feats["pre_logits"], feats["stage4"].mean(axis=(1, 2, 3)), atol=1e-5)
+    flat = flax.traverse_util.flatten_dict(variables["params"], sep="/")
+    assert not any("/se/" in k for k in flat)  # no squeeze-and-excitation
+    last_bn = [v for k, v in flat.items() if k.endswith("norm_c/scale")]
+    assert last_bn and all(np.all(np.asarray(v) == 1.0) for v in last_bn)  # not zero-init
+    head_block = f"blocks_{len(module.stage_dims()) + 1}/"
+    head = [k for k in flat if k.startswith(head_block)]
+    assert sorted(head) == [f"{head_block}proj/{n}" for n in ("bias", "kernel")]
+    assert stats is not None
+
+
+def test_unknown_head_is_refused():
+    module = x3d.create("tiny", num_classes=3, head="mlp")
+    with pytest.raises(ValueError, match="head must be 'x3d' or 'linear'"):
+        jax.eval_shape(
+            lambda x: module.init(jax.random.key(0), x, train=False),
+            jax.ShapeDtypeStruct((1, 4, 16, 16, 3), jnp.float32),
+        )
 
 
 def test_any_input_size():
@@ -278,7 +310,7 @@ def test_jit_and_grad_train_steps():
 def test_get_model_and_overrides():
     module = models.get_model("x3d", variant="tiny", num_classes=5, dropout_rate=0.0)
     assert isinstance(module, x3d.X3D) and module.dropout_rate == 0.0
-    assert set(models.variants("x3d")) == {"xs", "s", "m", "l", "tiny", "tiny_m"}
+    assert set(models.variants("x3d")) == {"xs", "s", "m", "l", "tiny", "tiny_m", "mini", "mini_m"}
     assert models.standard_input("x3d", "tiny") is None
     with pytest.raises(ValueError, match="widht_factor"):
         x3d.create("tiny", num_classes=5, widht_factor=1.0)

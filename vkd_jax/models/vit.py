@@ -69,6 +69,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
         input_size=(8, 32, 32),
         stochastic_depth_rate=0.0,
     ),
+    # The embedded CPU default's ViT teacher: tiny with 4x4x4 tubelets (128 tokens of an
+    # 8x32x32 clip instead of 32) read out by the mean of the tokens. Measured with
+    # tools/diagnose_learning.py (README, "Why the tiny models learned slowly").
+    "mini": dict(
+        width=32,
+        depth=4,
+        num_heads=2,
+        mlp_ratio=2,
+        tubelet=(4, 4, 4),
+        input_size=(8, 32, 32),
+        pool="mean",
+        stochastic_depth_rate=0.0,
+    ),
 }
 
 # Clip size (T, H, W) of the full-size variants.

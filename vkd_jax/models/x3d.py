@@ -71,16 +71,34 @@ _FULL = dict(
     head_dim_out=2048,
     dropout_rate=0.5,
 )
+_MINI = dict(
+    _FULL,
+    se_ratio=0.0,
+    stage_spatial_strides=(2, 2, 1, 1),
+    zero_init_last_bn=False,
+    head="linear",
+    dropout_rate=0.0,
+)
 VARIANTS: dict[str, dict[str, Any]] = {
     "xs": dict(_FULL),
     "s": dict(_FULL),
     "m": dict(_FULL),
     "l": dict(_FULL, depth_factor=5.0),
-    # CPU student: widths 8/8/16/24/48, one block per stage, lin_5 128.
+    # Faithful miniatures (pytorchvideo's structure, tiny widths) for tests and parity:
+    # widths 8/8/16/24/48, one block per stage, lin_5 128.
     "tiny": dict(_FULL, width_factor=0.5, depth_factor=0.2, head_dim_out=128, dropout_rate=0.2),
-    # CPU CNN teacher of the same family (~3x tiny's parameters): widths 16/16/24/40/72,
-    # blocks 1/1/2/2 (so SE alternates as in the full model), lin_5 192.
+    # ~3x tiny's parameters: widths 16/16/24/40/72, blocks 1/1/2/2 (so SE alternates as
+    # in the full model), lin_5 192.
     "tiny_m": dict(_FULL, width_factor=0.75, depth_factor=0.4, head_dim_out=192, dropout_rate=0.2),
+    # The embedded CPU default's student and CNN teacher (8x32x32 clips): the widths and
+    # depths of tiny / tiny_m with four changes that tools/diagnose_learning.py measured
+    # to make X3D learn at that size in a few hundred steps (tiny_m, 300 steps,
+    # validation top-1 14.7% -> 56.8%; README "Why the tiny X3D learned slowly"): the
+    # last BN of each bottleneck starts at 1, not 0; no squeeze-and-excitation; the last
+    # two stages keep their resolution (4x4 instead of 1x1 at 32x32); a pooled linear
+    # head instead of conv5 + lin_5. No one change does it alone (each gives 2-10 points).
+    "mini": dict(_MINI, width_factor=0.5, depth_factor=0.2),
+    "mini_m": dict(_MINI, width_factor=0.75, depth_factor=0.4),
 }
 
 # Full-size variant -> (T, H, W) it was trained and evaluated at.
@@ -102,14 +120,17 @@ class X3DStem(nn.Module):
 
     features: int
     temporal_kernel: int = 5
+    spatial_stride: int = 2
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        """``(B, T, H, W, 3)`` -> ``(B, T, ceil(H/2), ceil(W/2), features)``."""
-        x = layers.conv3d(
-            self.features, (1, 3, 3), strides=(1, 2, 2), dtype=self.dtype, name="conv_xy"
-        )(x)
+        """``(B, T, H, W, 3)`` -> ``(B, T, ceil(H/s), ceil(W/s), features)``, s the stride."""
+        stride = (1, self.spatial_stride, self.spatial_stride)
+        conv_xy = layers.conv3d(
+            self.features, (1, 3, 3), strides=stride, dtype=self.dtype, name="conv_xy"
+        )
+        x = conv_xy(x)
         x = layers.conv3d(
             self.features,
             (self.temporal_kernel, 1, 1),
@@ -125,13 +146,15 @@ class X3DBottleneck(nn.Module):
     """``1x1x1`` conv, BN, ReLU; channel-wise ``3x3x3`` conv, BN, [SE], swish; ``1x1x1`` conv, BN.
 
     The stride sits on the ``3x3x3`` conv. The last BN's scale starts at zero
-    (pytorchvideo's ``block_final_bn``), so each block starts as the identity.
+    (pytorchvideo's ``block_final_bn``), so each block starts as the identity,
+    unless ``zero_init_last_bn`` is off.
     """
 
     dim_inner: int
     dim_out: int
     stride: Sequence[int] = (1, 2, 2)
     se_ratio: float = 0.0
+    zero_init_last_bn: bool = True
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -153,7 +176,8 @@ class X3DBottleneck(nn.Module):
             x = layers.SqueezeExcite(self.se_ratio, dtype=self.dtype, name="se")(x)
         x = layers.swish(x)
         x = layers.conv3d(self.dim_out, (1, 1, 1), dtype=self.dtype, name="conv_c")(x)
-        return bn("norm_c", scale_init=nn.initializers.zeros)(x, train=train)
+        scale_init = nn.initializers.zeros if self.zero_init_last_bn else nn.initializers.ones
+        return bn("norm_c", scale_init=scale_init)(x, train=train)
 
 
 class X3DResBlock(nn.Module):
@@ -170,6 +194,7 @@ class X3DResBlock(nn.Module):
     stride: Sequence[int] = (1, 1, 1)
     se_ratio: float = 0.0
     shortcut_norm_always: bool = False
+    zero_init_last_bn: bool = True
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -194,6 +219,7 @@ class X3DResBlock(nn.Module):
             self.dim_out,
             stride=self.stride,
             se_ratio=self.se_ratio,
+            zero_init_last_bn=self.zero_init_last_bn,
             dtype=self.dtype,
             name="branch2",
         )(x, train=train)
@@ -209,6 +235,7 @@ class X3DStage(nn.Module):
     stride: Sequence[int] = (1, 2, 2)
     se_ratio: float = 0.0625
     shortcut_norm_always: bool = False
+    zero_init_last_bn: bool = True
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -221,6 +248,7 @@ class X3DStage(nn.Module):
                 # pytorchvideo: se_ratio if (idx + 1) % 2 else 0.0.
                 se_ratio=self.se_ratio if (i + 1) % 2 else 0.0,
                 shortcut_norm_always=self.shortcut_norm_always,
+                zero_init_last_bn=self.zero_init_last_bn,
                 dtype=self.dtype,
                 name=f"res_blocks_{i}",
             )(x, train=train)
@@ -264,6 +292,28 @@ class X3DHead(nn.Module):
         return logits, head_conv, pre_logits
 
 
+class X3DLinearHead(nn.Module):
+    """Global average pooling, dropout, one linear projection (``proj``).
+
+    The ``head="linear"`` alternative to :class:`X3DHead` for the ``mini``
+    variants (see :data:`VARIANTS`). Returns ``(logits, pre_logits)``, the pooled
+    features being ``pre_logits``.
+    """
+
+    num_classes: int
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool):
+        pre_logits = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(pre_logits)
+        logits = nn.Dense(
+            self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="proj"
+        )(x.astype(self.dtype))
+        return logits, pre_logits
+
+
 class X3D(nn.Module):
     """X3D video classifier (Feichtenhofer, CVPR 2020); see the module docstring.
 
@@ -278,8 +328,13 @@ class X3D(nn.Module):
       head_dim_out: ``lin_5`` width (the ``pre_logits`` dimension).
       dropout_rate: dropout before the projection.
       stem_temporal_kernel: temporal kernel of the stem's depthwise conv.
+      stem_spatial_stride: spatial stride of the stem's ``1x3x3`` conv (2 in X3D).
+      stage_spatial_strides: spatial stride of each stage's first block (2 in X3D).
       bn_lin5: BN after ``lin_5`` (PySlowFast ``X3D.BN_LIN5``; off in all released models).
       shortcut_norm_always: BN on every projection shortcut (PySlowFast layout).
+      zero_init_last_bn: each bottleneck's last BN scale starts at 0 (X3D, pytorchvideo).
+      head: ``"x3d"`` (:class:`X3DHead`: conv5, pooling, lin_5, projection) or
+        ``"linear"`` (:class:`X3DLinearHead`: pooling and projection only).
       dtype: computation dtype; parameters and BN statistics stay float32.
     """
 
@@ -293,8 +348,12 @@ class X3D(nn.Module):
     head_dim_out: int = 2048
     dropout_rate: float = 0.5
     stem_temporal_kernel: int = 5
+    stem_spatial_stride: int = 2
+    stage_spatial_strides: Sequence[int] = (2, 2, 2, 2)
     bn_lin5: bool = False
     shortcut_norm_always: bool = False
+    zero_init_last_bn: bool = True
+    head: str = "x3d"
     dtype: Any = jnp.float32
 
     def stage_dims(self) -> list[tuple[int, int, int]]:
@@ -322,6 +381,7 @@ class X3D(nn.Module):
         x = features["stem"] = X3DStem(
             layers.round_width(self.stem_dim_in, self.width_factor),
             temporal_kernel=self.stem_temporal_kernel,
+            spatial_stride=self.stem_spatial_stride,
             dtype=self.dtype,
             name="blocks_0",
         )(x, train=train)
@@ -331,12 +391,22 @@ class X3D(nn.Module):
                 depth,
                 dim_inner,
                 dim_out,
-                stride=(1, 2, 2),
+                stride=(1, self.stage_spatial_strides[i], self.stage_spatial_strides[i]),
                 se_ratio=self.se_ratio,
                 shortcut_norm_always=self.shortcut_norm_always,
+                zero_init_last_bn=self.zero_init_last_bn,
                 dtype=self.dtype,
                 name=f"blocks_{i + 1}",
             )(x, train=train)
+        head_name = f"blocks_{len(stages) + 1}"
+        if self.head == "linear":
+            logits, pre_logits = X3DLinearHead(
+                self.num_classes, self.dropout_rate, dtype=self.dtype, name=head_name
+            )(x, train=train)
+            features["pre_logits"] = pre_logits
+            return logits.astype(jnp.float32), features
+        if self.head != "x3d":
+            raise ValueError(f"X3D head must be 'x3d' or 'linear', got {self.head!r}")
         logits, features["head_conv"], pre_logits = X3DHead(
             stages[-1][1],
             self.head_dim_out,
@@ -344,7 +414,7 @@ class X3D(nn.Module):
             dropout_rate=self.dropout_rate,
             bn_lin5=self.bn_lin5,
             dtype=self.dtype,
-            name=f"blocks_{len(stages) + 1}",
+            name=head_name,
         )(x, train=train)
         features["pre_logits"] = pre_logits.astype(jnp.float32)
         return logits.astype(jnp.float32), features
@@ -354,7 +424,7 @@ def create(variant: str, *, num_classes: int, dtype: Any = jnp.float32, **overri
     """Builds X3D ``variant`` (a key of :data:`VARIANTS`) with ``num_classes`` outputs.
 
     Args:
-      variant: ``xs``, ``s``, ``m``, ``l``, ``tiny`` or ``tiny_m``.
+      variant: ``xs``, ``s``, ``m``, ``l``, ``tiny``, ``tiny_m``, ``mini`` or ``mini_m``.
       num_classes: size of the projection.
       dtype: computation dtype (parameters stay float32).
       **overrides: replace hyperparameters of the variant (fields of :class:`X3D`,
