@@ -60,6 +60,19 @@ def test_weights_and_loss_match_numpy_reference(combine):
     np.testing.assert_allclose(loss, _np_datw_loss(s.astype(np.float64), z, **kw), rtol=1e-4)
 
 
+def test_terms_are_the_confidence_and_discrepancy_behind_the_weights():
+    s, z = _data(3, k=2)
+    w, c, d = losses.datw.datw_terms(jnp.asarray(s), jnp.asarray(z), **KW)
+    assert w.shape == c.shape == d.shape == (4, 2)
+    np.testing.assert_allclose(w, losses.datw_weights(jnp.asarray(s), jnp.asarray(z), **KW))
+    conf = losses.datw.teacher_confidence(jnp.asarray(z), temperature=KW["temperature"])
+    np.testing.assert_allclose(c, conf.T, rtol=1e-6)
+    np.testing.assert_allclose(d, losses.datw.logit_discrepancy(jnp.asarray(z), s[None]).T)
+    # Eq. D4 from the returned terms: softmax over teachers of (a c + b d) / gamma.
+    e = (c + d) / KW["weight_temperature"]
+    np.testing.assert_allclose(w, jax.nn.softmax(e, axis=1), rtol=1e-5)
+
+
 def test_equal_teachers_get_equal_weights():
     s, z = _data(1, k=1)
     w = losses.datw_weights(jnp.asarray(s), jnp.asarray(np.concatenate([z, z])), **KW)

@@ -161,7 +161,12 @@ def test_all_terms_under_jit_give_finite_grads_and_consistent_metrics():
     grad_fn = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True))
     (total, metrics), grads = grad_fn(variables["params"], logits, feats)
     terms = ("ce", "kd", "sdd", "sdd_adapter", "rkd_distance", "rkd_angle", "feature_kd")
-    expect_keys = {*terms, "total", "accuracy", "datw_weight/cnn", "datw_weight/vit"}
+    datw_keys = {
+        f"datw_{stat}/{n}"
+        for stat in ("weight", "confidence", "discrepancy", "corr_confidence", "corr_discrepancy")
+        for n in ("cnn", "vit")
+    }
+    expect_keys = {*terms, "total", "accuracy", *datw_keys}
     assert set(metrics) == expect_keys
     for v in metrics.values():
         assert v.shape == () and v.dtype == jnp.float32 and np.isfinite(v)
@@ -226,6 +231,23 @@ def test_kd_term_uniform_and_datw_match_the_pure_losses():
     ).mean()
     np.testing.assert_allclose(total, expect, rtol=1e-6)
     assert not np.isclose(float(total), float(mean_kd))  # DATW is not the uniform mean here
+    # The logged statistics are the batch means / correlations of DESIGN.md's c_k, d_k, w_k.
+    w, c, dis = losses.datw.datw_terms(
+        logits,
+        stack,
+        temperature=4.0,
+        confidence_weight=d.confidence_weight,
+        discrepancy_weight=d.discrepancy_weight,
+        weight_temperature=d.weight_temperature,
+        combine=d.combine,
+    )
+    for k, n in enumerate(("cnn", "vit")):
+        np.testing.assert_allclose(metrics[f"datw_weight/{n}"], w[:, k].mean(), rtol=1e-5)
+        np.testing.assert_allclose(metrics[f"datw_confidence/{n}"], c[:, k].mean(), rtol=1e-5)
+        np.testing.assert_allclose(metrics[f"datw_discrepancy/{n}"], dis[:, k].mean(), rtol=1e-5)
+        np.testing.assert_allclose(
+            metrics[f"datw_corr_confidence/{n}"], np.corrcoef(w[:, k], c[:, k])[0, 1], rtol=1e-4
+        )
     # Single-teacher KD needs (and reads) only that teacher.
     (total, metrics), _ = _total(_cfg(**kd_only, kd_teachers=("cnn",)), teachers_subset=("cnn",))
     expect = losses.kd_loss(logits, teachers["cnn"][0], temperature=4.0).mean()

@@ -71,6 +71,42 @@ def logit_discrepancy(teacher_logits: Array, student_logits: Array) -> Array:
     return jnp.clip(1.0 - dot / denom, 0.0, 2.0)
 
 
+def datw_terms(
+    student_logits: Array,
+    teacher_logits: Array,
+    *,
+    temperature: float,
+    confidence_weight: float = 1.0,
+    discrepancy_weight: float = 1.0,
+    weight_temperature: float = 1.0,
+    combine: str = "sum",
+) -> tuple[Array, Array, Array]:
+    """DATW weights with the confidence and discrepancy they come from, DESIGN.md eqs. D1-D4.
+
+    Arguments as in :func:`datw_weights`.
+
+    Returns:
+      ``(weights, confidence, discrepancy)``, each ``(B, K)`` float32 and
+      gradient-stopped: the weights of eq. D4, ``c_k`` of eq. D1, ``d_k`` of eq. D2.
+      Training logs the last two to show why a teacher got its weight.
+    """
+    if combine not in _COMBINES:
+        raise ValueError(f"combine must be one of {_COMBINES}, got {combine!r}")
+    s = jax.lax.stop_gradient(student_logits.astype(jnp.float32))
+    z = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
+    if z.ndim != 3:
+        raise ValueError(f"teacher_logits must be (K, B, C), got shape {z.shape}")
+    c = teacher_confidence(z, temperature=temperature)  # (K, B)
+    d = logit_discrepancy(z, s[None])  # (K, B)
+    if combine == "sum":
+        e = confidence_weight * c + discrepancy_weight * d
+    else:
+        # c, d >= 0 by the clips above, so the powers are real.
+        e = jnp.power(c, confidence_weight) * jnp.power(d, discrepancy_weight)
+    w = jax.nn.softmax(e / weight_temperature, axis=0)  # over teachers
+    return jax.lax.stop_gradient((w.T, c.T, d.T))
+
+
 def datw_weights(
     student_logits: Array,
     teacher_logits: Array,
@@ -96,21 +132,15 @@ def datw_weights(
     Returns:
       ``(B, K)`` float32 weights, non-negative, each row summing to 1, gradient-stopped.
     """
-    if combine not in _COMBINES:
-        raise ValueError(f"combine must be one of {_COMBINES}, got {combine!r}")
-    s = jax.lax.stop_gradient(student_logits.astype(jnp.float32))
-    z = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
-    if z.ndim != 3:
-        raise ValueError(f"teacher_logits must be (K, B, C), got shape {z.shape}")
-    c = teacher_confidence(z, temperature=temperature)  # (K, B)
-    d = logit_discrepancy(z, s[None])  # (K, B)
-    if combine == "sum":
-        e = confidence_weight * c + discrepancy_weight * d
-    else:
-        # c, d >= 0 by the clips above, so the powers are real.
-        e = jnp.power(c, confidence_weight) * jnp.power(d, discrepancy_weight)
-    w = jax.nn.softmax(e / weight_temperature, axis=0)  # over teachers
-    return jax.lax.stop_gradient(w.T)
+    return datw_terms(
+        student_logits,
+        teacher_logits,
+        temperature=temperature,
+        confidence_weight=confidence_weight,
+        discrepancy_weight=discrepancy_weight,
+        weight_temperature=weight_temperature,
+        combine=combine,
+    )[0]
 
 
 def datw_loss(

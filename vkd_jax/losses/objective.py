@@ -181,6 +181,13 @@ def _accuracy(logits: Array, labels: Array) -> Array:
     return jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
 
 
+def _pearson(a: Array, b: Array) -> Array:
+    """Pearson correlation of two ``(B,)`` vectors; 0 where either is constant."""
+    a, b = a - jnp.mean(a), b - jnp.mean(b)
+    denom = jnp.sqrt(jnp.sum(a * a) * jnp.sum(b * b))
+    return jnp.where(denom > 1e-12, jnp.sum(a * b) / jnp.maximum(denom, 1e-12), 0.0)
+
+
 def total_loss(
     loss_cfg: Any,
     *,
@@ -206,7 +213,11 @@ def total_loss(
       per-example terms; RKD is batch-level already) and float32 scalars: each
       enabled term unweighted (``ce``, ``kd``, ``sdd``, ``sdd_adapter``,
       ``rkd_distance``, ``rkd_angle``, ``feature_kd``), ``total``, ``accuracy`` and,
-      when KD is on, ``datw_weight/<teacher>`` (the teacher's mean weight).
+      when KD is on, per teacher: ``datw_weight/<teacher>`` (its mean weight),
+      ``datw_confidence/<teacher>`` and ``datw_discrepancy/<teacher>`` (mean ``c_k`` and
+      ``d_k`` of DESIGN.md's DATW), and with DATW weighting of several teachers
+      ``datw_corr_confidence/<teacher>`` and ``datw_corr_discrepancy/<teacher>``, the
+      Pearson correlations across the batch of its weight with ``c_k`` and ``d_k``.
     """
     cfg = loss_cfg
     metrics: dict[str, Array] = {}
@@ -227,22 +238,24 @@ def total_loss(
         stack = jnp.stack(
             [_teacher(teacher_outputs, n, "kd")[0].astype(jnp.float32) for n in names]
         )
-        if cfg.teacher_weighting == "datw":
-            w = datw.datw_weights(
-                student_logits,
-                stack,
-                temperature=cfg.temperature,
-                confidence_weight=cfg.datw.confidence_weight,
-                discrepancy_weight=cfg.datw.discrepancy_weight,
-                weight_temperature=cfg.datw.weight_temperature,
-                combine=cfg.datw.combine,
-            )
-        elif cfg.teacher_weighting == "uniform":
-            w = jnp.full((stack.shape[1], len(names)), 1.0 / len(names), jnp.float32)
-        else:
+        if cfg.teacher_weighting not in _WEIGHTINGS:
             raise ValueError(
                 f"teacher_weighting must be one of {_WEIGHTINGS}, got {cfg.teacher_weighting!r}"
             )
+        # Confidence and discrepancy are computed (and logged) under uniform weighting
+        # too, so the ablation's runs can be compared on what DATW would have seen.
+        w, conf, disc = datw.datw_terms(
+            student_logits,
+            stack,
+            temperature=cfg.temperature,
+            confidence_weight=cfg.datw.confidence_weight,
+            discrepancy_weight=cfg.datw.discrepancy_weight,
+            weight_temperature=cfg.datw.weight_temperature,
+            combine=cfg.datw.combine,
+        )
+        adaptive = cfg.teacher_weighting == "datw"
+        if not adaptive:
+            w = jnp.full((stack.shape[1], len(names)), 1.0 / len(names), jnp.float32)
         target = kd.ensemble_targets(stack, weights=w, space="logits")
         add(
             "kd",
@@ -251,6 +264,13 @@ def total_loss(
         )
         for k, n in enumerate(names):
             metrics[f"datw_weight/{n}"] = jnp.mean(w[:, k])
+            metrics[f"datw_confidence/{n}"] = jnp.mean(conf[:, k])
+            metrics[f"datw_discrepancy/{n}"] = jnp.mean(disc[:, k])
+            if adaptive and len(names) > 1:
+                # Across the batch: does a teacher get more weight where it is more
+                # confident, or further from the student?
+                metrics[f"datw_corr_confidence/{n}"] = _pearson(w[:, k], conf[:, k])
+                metrics[f"datw_corr_discrepancy/{n}"] = _pearson(w[:, k], disc[:, k])
 
     if _on(cfg.sdd_weight) or _on(cfg.sdd.adapter_weight):
         grid, dim, seed = tuple(cfg.sdd.grid), int(cfg.sdd.dim), int(cfg.sdd.projection_seed)
