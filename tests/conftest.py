@@ -28,6 +28,9 @@ def tiny_config(data_dir: str):
     c.train.eval_batch_size = 32
     c.optim.warmup_steps = 1
     c.experiment.teacher_num_steps = 3
+    for teacher in c.teachers.values():
+        teacher.num_steps = 0  # Use teacher_num_steps.
+        teacher.learning_rate = 0.0
     c.experiment.run_cka = False
     c.eval.latency_iters = 2
     c.loss.sdd.grid = (1, 2, 2)

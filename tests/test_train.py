@@ -34,6 +34,16 @@ def test_experiment_runs_end_to_end_and_resumes(tiny_data_dir, tmp_path):
         assert summary["num_examples"] > 0 and summary["params"] > 0
     md = (tmp_path / "results.md").read_text()
     assert "Student distilled" in md and "Teacher `vit`" in md
+    # Students train on the labelled subset, teachers on the whole split.
+    assert results["models"]["student_scratch"]["train_split"] == "train[:12.5%]"
+    assert results["models"]["teacher_cnn"]["train_split"] == "train"
+    # The distilled stage logged what DATW did and drew it; results.md links the figure.
+    history = train.read_history(str(tmp_path / "student_distill"))
+    assert history and "datw_weight/cnn" in history[-1] and "sdd" in history[-1]
+    assert os.path.getsize(tmp_path / "student_distill" / train.MECHANISM_FILE) > 0
+    assert not os.path.exists(tmp_path / "student_scratch" / train.MECHANISM_FILE)
+    assert set(results["models"]["student_distill"]["datw"]) == {"cnn", "vit"}
+    assert "student_distill/mechanism.png" in md
     # The exported student has no training-only heads.
     _, variables, _ = checkpoint.load_model(str(tmp_path / "student_distill" / "model"))
     assert set(variables) <= {"params", "batch_stats"}
@@ -190,10 +200,11 @@ def test_gradient_accumulation_matches_full_batch_for_sgd():
 def test_fine_tuning_from_a_checkpoint_with_another_class_count(tiny_data_dir, tmp_path):
     """init_checkpoint: every layer but the classifier comes from the checkpoint."""
     config = tiny_config(tiny_data_dir)
-    model = models.get_model("x3d", variant="tiny", num_classes=7)
+    variant = config.student.variant
+    model = models.get_model("x3d", variant=variant, num_classes=7)
     variables = model.init(jax.random.key(5), jnp.zeros((1, 4, 16, 16, 3)), train=False)
     path = str(tmp_path / "pretrained")
-    checkpoint.save_model(path, variables, {"name": "x3d", "variant": "tiny", "num_classes": 7})
+    checkpoint.save_model(path, variables, {"name": "x3d", "variant": variant, "num_classes": 7})
     loss = train.supervised_loss(config.loss)
     stage = train.Stage("ft", str(tmp_path / "ft"), config.student, loss, 0, init_checkpoint=path)
     train.run(config, stage)  # Zero steps: the exported model is the initialization.
@@ -214,5 +225,31 @@ def test_fine_tuning_from_a_checkpoint_with_another_class_count(tiny_data_dir, t
         0,
         init_checkpoint=path,
     )
-    with pytest.raises(checkpoint.CheckpointError, match="holds x3d/tiny but"):
+    with pytest.raises(checkpoint.CheckpointError, match=f"holds x3d/{variant} but"):
         train.run(config, other)
+
+
+def test_claim_verdicts_compare_means_against_one_std():
+    table = {
+        "scratch": [0.50, 0.52, 0.54],  # 52 ± 2
+        "kd_cnn": [0.60, 0.61, 0.62],  # 61 ± 1
+        "kd_vit": [0.55, 0.56, 0.57],
+        "uniform_dual": [0.60, 0.62, 0.64],  # 62 ± 2: +1 vs kd_cnn, within one std
+        "datw": [0.50, 0.51, 0.52],  # 51 ± 1: -11 vs uniform, the opposite holds
+        "datw_sdd": [0.70, 0.70, 0.70],  # +19 vs datw: holds
+        "datw_sdd_rkd": [0.70, 0.71, 0.72],
+    }
+    teachers = {"cnn": {"top1": 0.9}, "vit": {"top1": 0.65}}
+    verdicts = {v["claim"]: v for v in experiment.claim_verdicts(table, teachers)}
+    assert len(verdicts) == len(experiment.CLAIMS)
+    two = verdicts["Two teachers beat the best single teacher (uniform KD)"]
+    assert two["compared_with"] == "kd_cnn"
+    assert two["difference"] == pytest.approx(1.0) and two["std"] == pytest.approx(2.0)
+    assert two["verdict"] == "does not hold here (difference within one std)"
+    assert verdicts["DATW beats uniform teacher weighting"]["verdict"].endswith("opposite holds)")
+    assert verdicts["SDD adds to DATW"]["verdict"] == "holds"
+    vit = verdicts["The distilled student beats its ViT teacher"]
+    assert vit["compared_with"] == "vit" and vit["difference"] == pytest.approx(6.0)
+    assert vit["verdict"] == "holds"
+    # Rows that were not run give no verdict.
+    assert experiment.claim_verdicts({"scratch": [0.5]}, {}) == []

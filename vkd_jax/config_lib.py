@@ -79,7 +79,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             + ", ".join(missing)
             + " (pass them as --config.<key>=<value>)"
         )
-    spec_keys = {"name", "variant", "checkpoint"}
+    spec_keys = {"name", "variant", "checkpoint", "num_steps", "learning_rate"}
     for name, spec in config.teachers.items():
         if not isinstance(spec, ml_collections.ConfigDict) or set(spec.keys()) != spec_keys:
             raise ValueError(

@@ -89,9 +89,13 @@ def _teacher_stages(config, workdir) -> tuple[dict[str, Any], dict[str, Any]]:
                 workdir=os.path.join(workdir, f"teacher_{name}"),
                 model=spec,
                 loss=train.supervised_loss(config.loss),
-                num_steps=config.experiment.teacher_num_steps,
+                num_steps=spec.num_steps or config.experiment.teacher_num_steps,
             )
-            summaries[name] = train.run(config, stage)
+            teacher_config = config
+            if spec.learning_rate:
+                teacher_config = ml_collections.ConfigDict(config.to_dict())
+                teacher_config.optim.learning_rate = spec.learning_rate
+            summaries[name] = train.run(teacher_config, stage)
             spec.checkpoint = os.path.join(stage.workdir, "model")
         specs[name] = spec
     return specs, summaries
@@ -120,6 +124,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
             model=config.student,
             loss=train.supervised_loss(config.loss),
             num_steps=config.train.num_steps,
+            train_split=config.experiment.student_train_split,
         ),
     )
     distill = train.run(
@@ -131,6 +136,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
             loss=config.loss,
             num_steps=config.train.num_steps,
             teachers=teacher_specs,
+            train_split=config.experiment.student_train_split,
         ),
     )
     rows = [(f"Teacher `{n}`", s) for n, s in teacher_summaries.items()]
@@ -161,7 +167,8 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
     if unknown:
         raise ValueError(f"Unknown ablation variants {unknown}; known: {list(ABLATIONS)}")
     teacher_specs, teacher_summaries = _teacher_stages(config, workdir)
-    table: dict[str, list[float]] = {}
+    seconds = sum(s.get("seconds", 0.0) for s in teacher_summaries.values())
+    table: dict[str, list[dict[str, Any]]] = {}
     for variant in config.ablation.variants:
         for seed in config.ablation.seeds:
             cfg = ml_collections.ConfigDict(config.to_dict())
@@ -181,27 +188,110 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
                     loss=loss,
                     num_steps=config.train.num_steps,
                     teachers={n: teacher_specs[n] for n in needed},
+                    train_split=config.experiment.student_train_split,
                 ),
             )
-            table.setdefault(variant, []).append(summary["top1"])
+            table.setdefault(variant, []).append(summary)
+            seconds += summary.get("seconds", 0.0)
+    markdown = ablation_markdown(config, table, teacher_summaries, seconds)
+    results = {
+        "ablation": {v: [r["top1"] for r in rows] for v, rows in table.items()},
+        "seconds": seconds,
+        "teachers": teacher_summaries,
+        "verdicts": claim_verdicts(
+            {v: [r["top1"] for r in rows] for v, rows in table.items()}, teacher_summaries
+        ),
+    }
+    _write_results(workdir, results, markdown, name="ablation")
+    print(markdown)
+    return results
+
+
+# The dual-teacher paper's claims (seeds/001), each as (claim, row, rows compared with):
+# the claim holds when the row's mean beats the best compared mean by more than one
+# standard deviation (the larger of the two rows'). "vit" compares with the ViT teacher.
+CLAIMS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("Two teachers beat the best single teacher (uniform KD)", "uniform_dual",
+     ("kd_cnn", "kd_vit")),
+    ("The full method beats the best single teacher", "datw_sdd_rkd", ("kd_cnn", "kd_vit")),
+    ("DATW beats uniform teacher weighting", "datw", ("uniform_dual",)),
+    ("SDD adds to DATW", "datw_sdd", ("datw",)),
+    ("RKD adds to DATW + SDD", "datw_sdd_rkd", ("datw_sdd",)),
+    ("The distilled student beats the student from scratch", "datw_sdd_rkd", ("scratch",)),
+    ("The distilled student beats its ViT teacher", "datw_sdd_rkd", ("vit",)),
+)  # fmt: skip
+
+
+def _mean_std(values) -> tuple[float, float]:
+    a = np.asarray(values, np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def claim_verdicts(
+    table: Mapping[str, list[float]], teachers: Mapping[str, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each claim of :data:`CLAIMS` whose rows were run, with its verdict.
+
+    Args:
+      table: ablation row -> top-1 (fractions) over seeds.
+      teachers: teacher name -> evaluation summary (``top1``).
+
+    Returns:
+      Dicts with ``claim``, ``difference`` (points: the row's mean minus the best
+      compared mean), ``std`` (points: the larger standard deviation of the two) and
+      ``verdict``: ``holds``, ``does not hold here (difference within one std)`` or
+      ``does not hold here (the opposite holds)``.
+    """
+    stats = {row: _mean_std(100 * np.asarray(v)) for row, v in table.items()}
+    for name, summary in teachers.items():
+        stats.setdefault(name, (100 * float(summary["top1"]), 0.0))
+    out = []
+    for claim, row, others in CLAIMS:
+        if row not in stats or not all(o in stats for o in others):
+            continue
+        best = max(others, key=lambda o: stats[o][0])
+        diff = stats[row][0] - stats[best][0]
+        spread = max(stats[row][1], stats[best][1])
+        if diff > spread:
+            verdict = "holds"
+        elif diff >= -spread:
+            verdict = "does not hold here (difference within one std)"
+        else:
+            verdict = "does not hold here (the opposite holds)"
+        out.append(dict(claim=claim, row=row, compared_with=best, difference=diff,
+                        std=spread, verdict=verdict))  # fmt: skip
+    return out
+
+
+def ablation_markdown(config, table, teacher_summaries, seconds: float) -> str:
+    """The ablation table (mean ± std over seeds) and the claims' verdicts, as Markdown."""
+    seeds = len(config.ablation.seeds)
+    split = config.experiment.student_train_split or config.data.train_split
     lines = [
-        f"Ablation of the dual-teacher objective on `{config.data.name}` "
-        f"({len(config.ablation.seeds)} seeds, top-1 %, mean ± std)",
+        f"Ablation of the dual-teacher objective on `{config.data.name}`: top-1 % on "
+        f"`{config.data.eval_split}`, mean ± std over {seeds} seeds; students trained on "
+        f"`{split}` for {config.train.num_steps} steps; {seconds / 60:.1f} min of stage "
+        "wall time in all (the stages' own runs).",
         "",
-        "| Setting | Top-1 | Seeds |",
+        "| Setting | Top-1 % | Seeds |",
         "|---|---|---|",
     ]
     for n, s in teacher_summaries.items():
         lines.append(f"| Teacher `{n}` ({s['model']}) | {100 * s['top1']:.1f} | 1 |")
-    for variant, accs in table.items():
-        a = 100 * np.asarray(accs)
-        std = a.std(ddof=1) if len(a) > 1 else 0.0
-        lines.append(f"| {ABLATION_TITLES[variant]} | {a.mean():.1f} ± {std:.1f} | {len(a)} |")
-    markdown = "\n".join(lines) + "\n"
-    results = {"ablation": table, "teachers": teacher_summaries}
-    _write_results(workdir, results, markdown, name="ablation")
-    print(markdown)
-    return results
+    for variant, rows in table.items():
+        mean, std = _mean_std([100 * r["top1"] for r in rows])
+        lines.append(f"| {ABLATION_TITLES[variant]} | {mean:.1f} ± {std:.1f} | {len(rows)} |")
+    top1 = {v: [r["top1"] for r in rows] for v, rows in table.items()}
+    verdicts = claim_verdicts(top1, teacher_summaries)
+    if verdicts:
+        lines += ["", "| Claim of the paper | Difference (points) | Verdict here |"]
+        lines.append("|---|---|---|")
+        for v in verdicts:
+            lines.append(
+                f"| {v['claim']} | {v['difference']:+.1f} (std {v['std']:.1f}; vs "
+                f"{v['compared_with']}) | {v['verdict']} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def _objective_description(loss) -> str:
@@ -220,19 +310,36 @@ def _objective_description(loss) -> str:
 
 def _results_markdown(rows, results) -> str:
     lines = [
-        "| Model | Architecture | Top-1 % | Top-5 % | Params | GMACs | Latency ms (CPU) |",
-        "|---|---|---|---|---|---|---|",
+        "| Model | Architecture | Train split | Top-1 % | Top-5 % | Params | GMACs | "
+        "Latency ms (CPU) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for title, s in rows:
         lines.append(
-            f"| {title} | {s['model']} | {100 * s['top1']:.1f} | {100 * s['top5']:.1f} | "
-            f"{s['params']:,} | {s['gmacs']:.4f} | {s['latency']['median_ms']:.2f} |"
+            f"| {title} | {s['model']} | `{s.get('train_split', '')}` | {100 * s['top1']:.1f} | "
+            f"{100 * s['top5']:.1f} | {s['params']:,} | {s['gmacs']:.4f} | "
+            f"{s['latency']['median_ms']:.2f} |"
         )
     lines += [
         "",
         f"Distillation objective: {results['objective']}",
         f"Distilled student vs scratch: {100 * results['student_gain_top1']:+.1f} top-1 points",
     ]
+    datw = results["models"]["student_distill"].get("datw")
+    if datw:
+        lines += [
+            "",
+            "What DATW did (means over the second half of training; "
+            "[figure](student_distill/mechanism.png)):",
+            "",
+            "| Teacher | weight | confidence c_k | discrepancy d_k | corr(w, c) | corr(w, d) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, st in datw.items():
+            cells = [st.get(k) for k in ("weight", "confidence", "discrepancy",
+                                         "corr_confidence", "corr_discrepancy")]  # fmt: skip
+            shown = " | ".join("-" if c is None else f"{c:.3f}" for c in cells)
+            lines.append(f"| `{name}` | {shown} |")
     return "\n".join(lines) + "\n"
 
 

@@ -29,11 +29,13 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from vkd_jax import checkpoint, evaluation, models, sharding, train_step
+from vkd_jax import checkpoint, evaluation, mechanism, models, sharding, train_step
 from vkd_jax.data import pipeline
 from vkd_jax.losses import objective
 
 EVAL_FILE = "eval.json"
+HISTORY_FILE = "metrics.jsonl"  # Logged training metrics, one JSON object per line.
+MECHANISM_FILE = "mechanism.png"  # DATW weights, confidence, discrepancy, loss terms.
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -53,6 +55,8 @@ class Stage:
       teachers: teacher name -> model entry with a ``checkpoint`` directory.
       init_checkpoint: model directory whose variables initialize the trained
         model (fine-tuning); layers whose shapes differ start fresh.
+      train_split: TFDS split the stage trains on; "" means ``config.data.train_split``
+        (an experiment gives its students a labelled subset this way).
     """
 
     name: str
@@ -62,6 +66,7 @@ class Stage:
     num_steps: int
     teachers: Mapping[str, ml_collections.ConfigDict] = dataclasses.field(default_factory=dict)
     init_checkpoint: str = ""
+    train_split: str = ""
 
 
 def supervised_loss(loss_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -181,6 +186,7 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
         with open(eval_path) as f:
             return json.load(f)
     os.makedirs(stage.workdir, exist_ok=True)
+    started = time.time()
 
     # ------------------------------------------------------------ mesh, data
     mesh = sharding.make_mesh(config.mesh.data)
@@ -265,16 +271,21 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
     )
     if start_step < stage.num_steps:
         logging.info(
-            "Stage %s: training %s/%s for %d steps (from step %d), batch %d, teachers %s",
+            "Stage %s: training %s/%s for %d steps (from step %d) on %s, batch %d, teachers %s",
             stage.name,
             stage.model.name,
             stage.model.variant,
             stage.num_steps,
             start_step,
+            stage.train_split or config.data.train_split,
             config.train.batch_size,
             sorted(teachers) or "none",
         )
-        ds = pipeline.train_dataset(config.data, batch_size=local_batch, seed=config.seed)
+        data_cfg = config.data
+        if stage.train_split:
+            data_cfg = ml_collections.ConfigDict(config.data.to_dict())
+            data_cfg.train_split = stage.train_split
+        ds = pipeline.train_dataset(data_cfg, batch_size=local_batch, seed=config.seed)
         # The pipeline is deterministic for its seed: skipping the batches already
         # consumed puts a resumed run on exactly the data an uninterrupted one sees.
         batches = iter(ds.skip(start_step).as_numpy_iterator())
@@ -302,7 +313,16 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
     summary = evaluate_model(config, student, variables, info, stage.workdir, mesh=mesh)
     summary.update(stage=stage.name, model=f"{stage.model.name}/{stage.model.variant}")
     summary["train_steps"] = stage.num_steps
+    summary["train_split"] = stage.train_split or config.data.train_split
+    if teachers and jax.process_index() == 0:
+        history = read_history(stage.workdir)
+        summary["datw"] = mechanism.summarize(history)
+        mechanism.plot(
+            history, os.path.join(stage.workdir, MECHANISM_FILE), title=f"{stage.name}: training"
+        )
     summary["params_sha256"] = params_digest(variables)
+    # Wall time of this run of the stage (a resumed stage counts only its last run).
+    summary["seconds"] = time.time() - started
     writer.write_scalars(stage.num_steps, {"eval/top1": summary["top1"]})
     writer.flush()
     _write_eval(stage.workdir, summary)
@@ -421,6 +441,7 @@ def _train_loop(
                     _fmt_time(eta),
                 )
                 writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
+                _append_history(stage.workdir, step, means)
                 sums, count, last_log = None, 0, time.time()
             if step % config.train.checkpoint_every == 0 or step == stage.num_steps:
                 _check_finite(step, metrics, manager=manager)
@@ -433,6 +454,31 @@ def _train_loop(
     manager.wait_until_finished()
     writer.flush()
     return state
+
+
+def _append_history(workdir: str, step: int, means: Mapping[str, float]) -> None:
+    """Appends one logged point to ``<workdir>/metrics.jsonl`` (read back for plots).
+
+    TensorBoard has the same points; this plain file needs no event parser. After
+    a resume a step may appear twice: :func:`read_history` keeps the last one.
+    """
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, HISTORY_FILE), "a") as f:
+            f.write(json.dumps({"step": step, **means}) + "\n")
+
+
+def read_history(workdir: str) -> list[dict[str, float]]:
+    """The logged training metrics of a stage, one dict per logged step, in step order."""
+    path = os.path.join(workdir, HISTORY_FILE)
+    if not os.path.isfile(path):
+        return []
+    by_step = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                point = json.loads(line)
+                by_step[point["step"]] = point
+    return [by_step[k] for k in sorted(by_step)]
 
 
 def _check_finite(step: int, metrics: Mapping[str, jax.Array], *, manager) -> None:
