@@ -1,13 +1,14 @@
 """The embedded default: the whole dual-teacher experiment on `synthetic_actions`.
 
-Trains a CNN teacher (X3D-style), a ViT teacher (MViTv2-style) and a student
-from scratch, then distills the student from both teachers with DATW + SDD +
-RKD, evaluates every model and writes CKA maps, all on a laptop CPU.
+Trains a CNN teacher (X3D-style) and a ViT teacher (a plain video ViT) on the
+whole train split, a student from scratch on a labelled subset, then distills the
+student on the same subset from both teachers with DATW + SDD + RKD, evaluates
+every model and writes CKA maps, all on a laptop CPU.
 
 Run:
   python -m vkd_jax.main --config configs/default.py --workdir runs/default
 
-Cost: about 10 minutes on a 2-core x86_64 CPU, including 33 s building the
+Cost: about 13 minutes on a 2-core x86_64 CPU, including 41 s building the
 dataset on first use (measured; README.md has the results).
 
 Every key the code reads is declared here with a comment; other configs
