@@ -44,3 +44,17 @@ def test_a_row_trains_the_overridden_model_and_test_is_refused(tiny_data_dir, tm
         dl.run_row(config, "student", "typo", {"optim.learnig_rate": 1.0}, args)
     with pytest.raises(ValueError, match="never on test"):
         dl.run_row(config, "student", "test", {"data.eval_split": "test[:50%]"}, args)
+
+
+def test_every_row_is_checked_before_any_trains(tiny_data_dir):
+    config = tiny_config(tiny_data_dir)
+    config.data.eval_split = "validation"
+    good = ("lr", {"optim.learning_rate": 1e-2})
+    dl.check_rows(config, "student", [good, ("no SE", {"model.se_ratio": 0.0})])
+    with pytest.raises(ValueError, match="Row 'typo': .*optim.learnig_rate"):
+        dl.check_rows(config, "student", [good, ("typo", {"optim.learnig_rate": 1.0})])
+    with pytest.raises(ValueError, match="Row 'field'"):
+        dl.check_rows(config, "student", [good, ("field", {"model.no_such_field": 1})])
+    with pytest.raises(ValueError, match="Row 'test': .*never on test"):
+        dl.check_rows(config, "student", [("test", {"data.eval_split": "test"})])
+    assert "mini+check" not in dl.models.family_module("x3d").VARIANTS

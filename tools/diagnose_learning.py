@@ -90,19 +90,45 @@ def derived_variant(spec, overrides: dict[str, object], tag: str) -> str:
         raise ValueError(f"Unknown variant {spec.variant!r} of {spec.name}")
     name = f"{spec.variant}+{tag}"
     family.VARIANTS[name] = {**family.VARIANTS[spec.variant], **overrides}
-    models.get_model(spec.name, variant=name, num_classes=2)  # Unknown fields fail here.
+    try:
+        models.get_model(spec.name, variant=name, num_classes=2)  # Unknown fields fail here.
+    except Exception:
+        family.VARIANTS.pop(name)  # The zoo is left as it was.
+        raise
     return name
 
 
-def run_row(base: ml_collections.ConfigDict, which: str, title: str, changes, args) -> dict:
+def row_config(base: ml_collections.ConfigDict, changes) -> ml_collections.ConfigDict:
+    """A copy of ``base`` with the row's config (non-``model.``) changes, validated."""
     config = ml_collections.ConfigDict(base.to_dict())
-    model_changes = {k[len("model.") :]: v for k, v in changes.items() if k.startswith("model.")}
     for key, value in changes.items():
         if not key.startswith("model."):
             set_key(config, key, value)
     if config.data.eval_split.split("[")[0] == "test":
         raise ValueError("Diagnosis rows are evaluated on a validation split, never on test")
     config_lib.validate(config)
+    return config
+
+
+def check_rows(base: ml_collections.ConfigDict, which: str, rows) -> None:
+    """Fails before any training when a row names an unknown key, field or the test split.
+
+    A typo in the last row would otherwise surface only after the others trained.
+    """
+    for title, changes in rows:
+        try:
+            spec = model_entry(row_config(base, changes), which)
+            model_changes = {k[6:]: v for k, v in changes.items() if k.startswith("model.")}
+            if model_changes:
+                name = derived_variant(spec, model_changes, "check")
+                models.family_module(spec.name).VARIANTS.pop(name, None)
+        except (KeyError, ValueError, TypeError) as err:
+            raise ValueError(f"Row {title!r}: {err}") from err
+
+
+def run_row(base: ml_collections.ConfigDict, which: str, title: str, changes, args) -> dict:
+    config = row_config(base, changes)
+    model_changes = {k[len("model.") :]: v for k, v in changes.items() if k.startswith("model.")}
     spec = model_entry(config, which)
     tag = re.sub(r"[^A-Za-z0-9]+", "_", title).strip("_").lower() or "row"
     base_variant = spec.variant
@@ -161,6 +187,7 @@ def main(argv=None) -> None:
         key, _, value = item.partition("=")
         set_key(config, key.strip(), parse_value(value.strip()))
     rows = [parse_row(r) for r in (args.row or ["baseline:"])]
+    check_rows(config, args.model, rows)
     print(f"command: python tools/diagnose_learning.py {' '.join(sys.argv[1:])}")
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} on "
