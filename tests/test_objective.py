@@ -220,27 +220,18 @@ def test_kd_term_uniform_and_datw_match_the_pure_losses():
     np.testing.assert_allclose(metrics["datw_weight/cnn"], 0.5)
     (total, metrics), _ = _total(_cfg(**kd_only))
     d = _cfg().datw
-    expect = losses.datw_loss(
-        logits,
-        stack,
-        temperature=4.0,
-        confidence_weight=d.confidence_weight,
-        discrepancy_weight=d.discrepancy_weight,
-        weight_temperature=d.weight_temperature,
-        combine=d.combine,
-    ).mean()
-    np.testing.assert_allclose(total, expect, rtol=1e-6)
-    assert not np.isclose(float(total), float(mean_kd))  # DATW is not the uniform mean here
-    # The logged statistics are the batch means / correlations of DESIGN.md's c_k, d_k, w_k.
-    w, c, dis = losses.datw.datw_terms(
-        logits,
-        stack,
+    hyper = dict(
         temperature=4.0,
         confidence_weight=d.confidence_weight,
         discrepancy_weight=d.discrepancy_weight,
         weight_temperature=d.weight_temperature,
         combine=d.combine,
     )
+    expect = losses.datw_loss(logits, stack, **hyper).mean()
+    np.testing.assert_allclose(total, expect, rtol=1e-6)
+    assert not np.isclose(float(total), float(mean_kd))  # DATW is not the uniform mean here
+    # The logged statistics are the batch means / correlations of DESIGN.md's c_k, d_k, w_k.
+    w, c, dis = losses.datw.datw_terms(logits, stack, **hyper)
     for k, n in enumerate(("cnn", "vit")):
         np.testing.assert_allclose(metrics[f"datw_weight/{n}"], w[:, k].mean(), rtol=1e-5)
         np.testing.assert_allclose(metrics[f"datw_confidence/{n}"], c[:, k].mean(), rtol=1e-5)

@@ -193,14 +193,14 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
             )
             table.setdefault(variant, []).append(summary)
             seconds += summary.get("seconds", 0.0)
-    markdown = ablation_markdown(config, table, teacher_summaries, seconds)
+    top1 = {v: [r["top1"] for r in rows] for v, rows in table.items()}
+    verdicts = claim_verdicts(top1, teacher_summaries)
+    markdown = ablation_markdown(config, top1, teacher_summaries, verdicts, seconds)
     results = {
-        "ablation": {v: [r["top1"] for r in rows] for v, rows in table.items()},
+        "ablation": top1,
         "seconds": seconds,
         "teachers": teacher_summaries,
-        "verdicts": claim_verdicts(
-            {v: [r["top1"] for r in rows] for v, rows in table.items()}, teacher_summaries
-        ),
+        "verdicts": verdicts,
     }
     _write_results(workdir, results, markdown, name="ablation")
     print(markdown)
@@ -263,8 +263,12 @@ def claim_verdicts(
     return out
 
 
-def ablation_markdown(config, table, teacher_summaries, seconds: float) -> str:
-    """The ablation table (mean ± std over seeds) and the claims' verdicts, as Markdown."""
+def ablation_markdown(config, top1, teacher_summaries, verdicts, seconds: float) -> str:
+    """The ablation table (mean ± std over seeds) and the claims' verdicts, as Markdown.
+
+    ``top1``: ablation row -> top-1 (fractions) over seeds; ``verdicts``: from
+    :func:`claim_verdicts`.
+    """
     seeds = len(config.ablation.seeds)
     split = config.experiment.student_train_split or config.data.train_split
     lines = [
@@ -278,11 +282,9 @@ def ablation_markdown(config, table, teacher_summaries, seconds: float) -> str:
     ]
     for n, s in teacher_summaries.items():
         lines.append(f"| Teacher `{n}` ({s['model']}) | {100 * s['top1']:.1f} | 1 |")
-    for variant, rows in table.items():
-        mean, std = _mean_std([100 * r["top1"] for r in rows])
-        lines.append(f"| {ABLATION_TITLES[variant]} | {mean:.1f} ± {std:.1f} | {len(rows)} |")
-    top1 = {v: [r["top1"] for r in rows] for v, rows in table.items()}
-    verdicts = claim_verdicts(top1, teacher_summaries)
+    for variant, accs in top1.items():
+        mean, std = _mean_std(100 * np.asarray(accs))
+        lines.append(f"| {ABLATION_TITLES[variant]} | {mean:.1f} ± {std:.1f} | {len(accs)} |")
     if verdicts:
         lines += ["", "| Claim of the paper | Difference (points) | Verdict here |"]
         lines.append("|---|---|---|")

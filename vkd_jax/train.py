@@ -269,6 +269,7 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
     writer = metric_writers.create_default_writer(
         stage.workdir, just_logging=jax.process_index() > 0
     )
+    train_split = stage.train_split or config.data.train_split
     if start_step < stage.num_steps:
         logging.info(
             "Stage %s: training %s/%s for %d steps (from step %d) on %s, batch %d, teachers %s",
@@ -277,14 +278,14 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
             stage.model.variant,
             stage.num_steps,
             start_step,
-            stage.train_split or config.data.train_split,
+            train_split,
             config.train.batch_size,
             sorted(teachers) or "none",
         )
         data_cfg = config.data
-        if stage.train_split:
+        if train_split != data_cfg.train_split:
             data_cfg = ml_collections.ConfigDict(config.data.to_dict())
-            data_cfg.train_split = stage.train_split
+            data_cfg.train_split = train_split
         ds = pipeline.train_dataset(data_cfg, batch_size=local_batch, seed=config.seed)
         # The pipeline is deterministic for its seed: skipping the batches already
         # consumed puts a resumed run on exactly the data an uninterrupted one sees.
@@ -313,7 +314,7 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
     summary = evaluate_model(config, student, variables, info, stage.workdir, mesh=mesh)
     summary.update(stage=stage.name, model=f"{stage.model.name}/{stage.model.variant}")
     summary["train_steps"] = stage.num_steps
-    summary["train_split"] = stage.train_split or config.data.train_split
+    summary["train_split"] = train_split
     if teachers and jax.process_index() == 0:
         history = read_history(stage.workdir)
         summary["datw"] = mechanism.summarize(history)
