@@ -98,6 +98,11 @@ def derived_variant(spec, overrides: dict[str, object], tag: str) -> str:
     return name
 
 
+def model_changes_of(changes) -> dict[str, object]:
+    """The row's ``model.<field>`` changes, keyed by field."""
+    return {k[len("model.") :]: v for k, v in changes.items() if k.startswith("model.")}
+
+
 def row_config(base: ml_collections.ConfigDict, changes) -> ml_collections.ConfigDict:
     """A copy of ``base`` with the row's config (non-``model.``) changes, validated."""
     config = ml_collections.ConfigDict(base.to_dict())
@@ -118,7 +123,7 @@ def check_rows(base: ml_collections.ConfigDict, which: str, rows) -> None:
     for title, changes in rows:
         try:
             spec = model_entry(row_config(base, changes), which)
-            model_changes = {k[6:]: v for k, v in changes.items() if k.startswith("model.")}
+            model_changes = model_changes_of(changes)
             if model_changes:
                 name = derived_variant(spec, model_changes, "check")
                 models.family_module(spec.name).VARIANTS.pop(name, None)
@@ -128,7 +133,7 @@ def check_rows(base: ml_collections.ConfigDict, which: str, rows) -> None:
 
 def run_row(base: ml_collections.ConfigDict, which: str, title: str, changes, args) -> dict:
     config = row_config(base, changes)
-    model_changes = {k[len("model.") :]: v for k, v in changes.items() if k.startswith("model.")}
+    model_changes = model_changes_of(changes)
     spec = model_entry(config, which)
     tag = re.sub(r"[^A-Za-z0-9]+", "_", title).strip("_").lower() or "row"
     base_variant = spec.variant
