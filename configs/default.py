@@ -41,7 +41,7 @@ def model_spec(
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    # data | train | distill | evaluate | experiment | cka
+    # data | train | distill | evaluate | experiment | ablation | cka | pretrain | probe
     c.mode = "experiment"
     c.seed = 0  # Seeds parameters, data order, augmentation and dropout.
 
@@ -157,9 +157,10 @@ def get_config() -> ml_collections.ConfigDict:
     t.eval_batch_size = 32  # Videos per evaluation batch (each with all its views).
 
     # ------------------------------------------------------ mode=train etc.
-    c.train_model = "student"  # mode=train: "student" or a teacher name.
-    # mode=train: start from this model directory (e.g. a converted Kinetics teacher). Layers
-    # whose shape differs (the classifier, for a new class count) start fresh.
+    c.train_model = "student"  # mode=train/pretrain: "student" or a teacher name.
+    # mode=train: start from this model directory (e.g. a converted Kinetics teacher, or a
+    # pretraining workdir's model/). Layers whose shape differs (the classifier, for a new
+    # class count) start fresh. mode=probe: the model evaluated.
     c.init_checkpoint = ""
 
     # ---------------------------------------------------------- experiment
@@ -169,6 +170,65 @@ def get_config() -> ml_collections.ConfigDict:
     # labelled subset gives the students less than the teachers had (seed 000's setting).
     e.student_train_split = "train[:12.5%]"
     e.run_cka = True  # Write layer-by-layer CKA maps at the end.
+
+    # ------------------------------------------------------- mode=pretrain
+    # Self-supervised pretraining of config.train_model's architecture on data.train_split
+    # (labels unused); docs/pretext.md. train.batch_size counts videos: a task's views
+    # (RotNet's K rotations, VCOP's N clips, the contrastive tasks' 2-3 clips) multiply it.
+    c.pretext = p = ml_collections.ConfigDict()
+    p.task = "rotnet"  # rotnet | vcop | prp (complexities C1-C3) | rspnet | cvrl | tdl.
+    # Complexity of rotnet/vcop/prp: rotations 2/3/4, clips 3/4/5, rates {1,2}/{1,2,4}/{1,2,4,8}.
+    p.complexity = 3
+    p.eval_split = "validation"  # Held-out clips the pretext accuracy is measured on.
+    p.dropout_rate = 0.0  # Dropout before the rotnet/prp classifier and in VCOP's head.
+    p.vcop = ml_collections.ConfigDict()
+    p.vcop.clip_frames = 4  # Frames per sub-clip (the paper: 16).
+    p.vcop.clip_stride = 2  # Step between a sub-clip's frames (the paper: 1, contiguous).
+    p.vcop.interval = 4  # Frames between consecutive sub-clips (the paper: 8).
+    p.vcop.hidden_dim = 512  # Width of the shared pair layer (the paper: 512).
+    p.rspnet = ml_collections.ConfigDict()
+    p.rspnet.speeds = (1, 2)  # The two playback speeds, in units of data.frame_stride.
+    p.rspnet.dim = 128  # Width of the two l2-normalized heads g_a, g_m.
+    p.rspnet.temperature = 0.07  # T of both losses.
+    p.rspnet.margin = 2.0  # Ranking margin on similarities / T (the authors' 2.0).
+    p.rspnet.avid_weight = 1.0  # Weight of the appearance (instance discrimination) loss.
+    p.rspnet.rsp_weight = 1.0  # Weight of the relative-speed ranking loss.
+    p.rspnet.queue_size = 4096  # Negative keys kept (the paper: 16384; trimmed to batches).
+    p.rspnet.momentum = 0.99  # EMA of the key encoder (the paper: 0.999 over ~100k steps).
+    p.rspnet.crop_scale = (0.4, 1.0)  # Random-resized-crop area range of every clip.
+    p.rspnet.color_jitter = 0.4  # Brightness, contrast, saturation and hue jitter strength.
+    p.rspnet.grayscale_prob = 0.2  # Probability of a grayscale clip.
+    p.cvrl = ml_collections.ConfigDict()
+    p.cvrl.temperature = 0.1  # NT-Xent temperature.
+    p.cvrl.hidden_dim = 256  # Width of the projection MLP's hidden layers (the paper: 2048).
+    p.cvrl.dim = 128  # Output width of the projection MLP.
+    p.cvrl.num_layers = 4  # Dense layers of the projection MLP (3 hidden + output).
+    p.cvrl.power = 1.0  # Interval density ∝ 1 - (d / M)^power (1: linearly decreasing).
+    p.cvrl.crop_scale = (0.3, 1.0)  # Random-resized-crop area range.
+    p.cvrl.aspect_ratio = (0.5, 2.0)  # Random-resized-crop aspect-ratio range.
+    p.cvrl.color_jitter = 1.0  # Jitter strength s: brightness/contrast/saturation 0.8s, hue 0.2s.
+    p.cvrl.grayscale_prob = 0.2  # Probability of a grayscale clip.
+    p.cvrl.blur_prob = (1.0, 0.1)  # Gaussian-blur probability of (view 1, view 2).
+    p.cvrl.solarize_prob = (0.0, 0.2)  # Solarization probability of (view 1, view 2).
+    p.tdl = ml_collections.ConfigDict()
+    p.tdl.dim = 128  # Width of the l2-normalized head.
+    p.tdl.temperature = 0.07  # InfoNCE temperature.
+    p.tdl.queue_size = 4096  # Negative keys kept (the authors: 5000 on UCF101).
+    p.tdl.momentum = 0.99  # EMA of the key encoder (the authors: 0.999).
+    p.tdl.min_gap = 2  # Least distance (frames) between the anchor's and the negative's starts.
+    p.tdl.mixup_max = 0.1  # Anchor frames mixed with a static frame, lambda ~ U(0, this).
+    p.tdl.color_jitter = (0.5, 0.5, 0.25, 0.5)  # Brightness, contrast, saturation, hue.
+
+    # ---------------------------------------------------------- mode=probe
+    # Frozen-backbone evaluation of the model directory in init_checkpoint: a linear
+    # classifier on pooled features of data.train_split, top-1 on data.eval_split, and
+    # nearest-neighbour retrieval of eval_split clips among train_split clips.
+    c.probe = pr = ml_collections.ConfigDict()
+    pr.steps = 1000  # Full-batch Adam steps of the linear classifier.
+    pr.learning_rate = 1e-2  # Its learning rate.
+    pr.weight_decay = 1e-3  # L2 penalty on its weights.
+    pr.recall_at = (1, 5, 10)  # k of the retrieval recall@k.
+    pr.chunk_size = 1024  # Queries per similarity block (bounds memory on large splits).
 
     # ----------------------------------------------------------- evaluation
     c.eval = ev = ml_collections.ConfigDict()

@@ -87,7 +87,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_train_to_identical_parameters(tiny_data_dir, tmp_path):
+@pytest.mark.parametrize("mode", ["train", "pretrain"])
+def test_two_processes_train_to_identical_parameters(tiny_data_dir, tmp_path, mode):
     port = _free_port()
     worker = os.path.join(ROOT, "tests", "multiprocess_worker.py")
     procs = [
@@ -100,6 +101,7 @@ def test_two_processes_train_to_identical_parameters(tiny_data_dir, tmp_path):
                 str(tiny_data_dir),
                 str(tmp_path / "w"),
                 str(tmp_path / f"p{i}.npz"),
+                mode,
             ],
             env=_env(),
             cwd=ROOT,

@@ -13,7 +13,17 @@ import os
 
 import ml_collections
 
-MODES = ("data", "train", "distill", "evaluate", "experiment", "ablation", "cka")
+MODES = (
+    "data",
+    "train",
+    "distill",
+    "evaluate",
+    "experiment",
+    "ablation",
+    "cka",
+    "pretrain",
+    "probe",
+)
 # Modes that load the teachers given by `teachers.<name>.checkpoint`; the other modes never
 # read those keys, so a recipe's required checkpoints are not required there (fine-tuning
 # a teacher with mode=train must not ask for the teachers it is about to produce).
@@ -79,6 +89,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
             + ", ".join(missing)
             + " (pass them as --config.<key>=<value>)"
         )
+    if config.mode == "pretrain":
+        from vkd_jax import pretext  # Names the task's module or raises, before any compute.
+
+        pretext.task_module(config.pretext.task)
+        if config.pretext.complexity not in (1, 2, 3):
+            raise ValueError(
+                f"pretext.complexity must be 1, 2 or 3, got {config.pretext.complexity}"
+            )
     spec_keys = {"name", "variant", "checkpoint", "num_steps", "learning_rate"}
     for name, spec in config.teachers.items():
         if not isinstance(spec, ml_collections.ConfigDict) or set(spec.keys()) != spec_keys:

@@ -23,6 +23,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Any:
         "experiment": experiment.run_experiment,
         "ablation": experiment.run_ablation,
         "cka": run_cka,
+        "pretrain": run_pretrain,
+        "probe": run_probe,
     }[config.mode](config, workdir)
 
 
@@ -116,6 +118,20 @@ def run_cka(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     from vkd_jax import cka_maps
 
     return cka_maps.experiment_maps(config, workdir, None)
+
+
+def run_pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Self-supervised pretraining of ``config.train_model``'s architecture (``config.pretext``)."""
+    from vkd_jax import pretrain
+
+    return pretrain.run(config, workdir)
+
+
+def run_probe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Linear probe and retrieval of the frozen model in ``config.init_checkpoint``."""
+    from vkd_jax import probe
+
+    return probe.run(config, workdir)
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

@@ -232,14 +232,9 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
     )
     rng = jax.random.key(config.seed)
     teacher_vars = jax.device_put(teacher_vars, repl)
-    abstract_state = jax.eval_shape(init, rng, teacher_vars)
-    abstract_state = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract_state
+    manager, restored = open_checkpoints(
+        init, (rng, teacher_vars), repl, stage.workdir, config.train.max_to_keep
     )
-    manager = checkpoint.checkpoint_manager(
-        os.path.join(stage.workdir, "checkpoints"), max_to_keep=config.train.max_to_keep
-    )
-    restored = checkpoint.restore_state(manager, abstract_state)
     if restored is None:
         state, start_step = init(jax.random.fold_in(rng, 1), teacher_vars), 0
         if stage.init_checkpoint:
@@ -328,6 +323,22 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
     writer.flush()
     _write_eval(stage.workdir, summary)
     return summary
+
+
+def open_checkpoints(init, args, repl, workdir: str, max_to_keep: int):
+    """The stage's checkpoint manager, and its latest ``(state, step)`` or None.
+
+    The state is restored onto the shapes and (replicated) shardings ``init(*args)``
+    would produce, without running ``init``.
+    """
+    abstract = jax.eval_shape(init, *args)
+    abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract
+    )
+    manager = checkpoint.checkpoint_manager(
+        os.path.join(workdir, "checkpoints"), max_to_keep=max_to_keep
+    )
+    return manager, checkpoint.restore_state(manager, abstract)
 
 
 def evaluate_checkpoint(

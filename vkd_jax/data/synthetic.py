@@ -55,8 +55,10 @@ Design properties (why the dataset separates the methods):
 
 Resolution and clip length come from the builder config: `tiny` (8 frames of
 32x32, a few hundred clips, for tests) and `default` (16 frames of 64x64,
-4800 / 600 / 600 train / validation / test clips, built in 34 s on two CPU cores). Videos are stored
-as zlib-compressed uint8 tensors (faster to write and read than per-frame PNG).
+4800 / 600 / 600 train / validation / test clips, built in 34 s on two CPU cores) and
+`long` (64 frames of 32x32, same split sizes, other clips: drawn from another seed, lit
+from above), the pretraining data of the self-supervised pretext tasks (docs/pretext.md).
+Videos are stored as zlib-compressed uint8 tensors (faster to write and read than per-frame PNG).
 Each example also carries `id`, its index within the split.
 """
 
@@ -100,12 +102,16 @@ class Geometry:
       height: Frame height H in pixels.
       width: Frame width W in pixels.
       num_distractors: Moving distractor squares per clip.
+      light_from_above: Largest top-to-bottom brightness step of the background (0: none).
+        A world with an "up", as real videos have (sky, gravity, light): without it every
+        rotation of a clip is as likely as the clip, and RotNet has nothing to learn.
     """
 
     num_frames: int
     height: int
     width: int
     num_distractors: int = 3
+    light_from_above: float = 0.0
 
 
 def _bright_colours(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -128,6 +134,10 @@ def _background(rng: np.random.Generator, n: int, geo: Geometry) -> np.ndarray:
         wave = np.sin(2 * np.pi * (fx * x + fy * y) + phase)
         amp = rng.uniform(0.02, 0.08, (n, 1, 1, 3))
         bg = bg + (wave[..., None] * amp).astype(np.float32)
+    if geo.light_from_above > 0:
+        # Drawn after the gratings, so the clips of configs without light are unchanged.
+        step = rng.uniform(0.5, 1.0, (n, 1, 1, 1)) * geo.light_from_above
+        bg = bg + (step * (0.5 - y)[None, :, :, None]).astype(np.float32)
     return bg
 
 
@@ -313,11 +323,12 @@ class SyntheticActionsConfig(tfds.core.BuilderConfig):
         num_validation: int,
         num_test: int,
         num_distractors: int = 3,
+        light_from_above: float = 0.0,
         seed: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.geometry = Geometry(num_frames, height, width, num_distractors)
+        self.geometry = Geometry(num_frames, height, width, num_distractors, light_from_above)
         self.num_train = num_train
         self.num_validation = num_validation
         self.num_test = num_test
@@ -334,7 +345,7 @@ class SyntheticActions(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {
         "1.0.0": "Initial release: 12 classes.",
         "1.1.0": "A validation split (for tuning; the test split is for reporting only); "
-        "default: 4800 train clips instead of 2400.",
+        "default: 4800 train clips instead of 2400. The `long` config (64 frames).",
     }
     BUILDER_CONFIGS = [
         SyntheticActionsConfig(
@@ -361,6 +372,26 @@ class SyntheticActions(tfds.core.GeneratorBasedBuilder):
             num_validation=600,
             num_test=600,
             num_distractors=3,
+        ),
+        SyntheticActionsConfig(
+            name="long",
+            description=(
+                "Self-supervised pretraining: the same 12 actions spread over 64 frames of "
+                "32x32 (each motion 4x slower per frame than in `default`), lit from above "
+                "(the background brightens towards the top: the world has an up, which "
+                "RotNet needs), 4800 train / 600 validation / 600 test clips. Long enough "
+                "for the pretext tasks that sample clips at several playback rates (PRP's "
+                "rate 8 on 8 frames spans 57)."
+            ),
+            num_frames=64,
+            height=32,
+            width=32,
+            num_train=4800,
+            num_validation=600,
+            num_test=600,
+            num_distractors=3,
+            light_from_above=0.3,
+            seed=1,
         ),
     ]
     DEFAULT_CONFIG_NAME = "default"
