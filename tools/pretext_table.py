@@ -111,6 +111,9 @@ def main() -> None:
     parser.add_argument("--finetune_steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip_finetune", action="store_true")
+    parser.add_argument(
+        "--table_only", action="store_true", help="only rewrite the table from finished rows"
+    )
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -124,6 +127,9 @@ def main() -> None:
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(cli._OwnInfoOnly())
 
+    if args.table_only:
+        write(args, collect(args))
+        return
     rows = []
     for backbone in args.backbones.split(","):
         root = os.path.join(args.workdir, backbone.replace("/", "_"))
@@ -158,8 +164,50 @@ def main() -> None:
                 row["finetune_top1"] = ft["top1"]
             row["seconds"] = time.time() - started
             rows.append(row)
-            write(args, rows)
+            write(args, collect(args))
             print(json.dumps(row), flush=True)
+    write(args, collect(args))
+
+
+def collect(args) -> list[dict]:
+    """Every finished row under the workdir for ``--backbones``, in the canonical order.
+
+    Rows come from the stages' own result files, so tables of several invocations
+    (other rows, other backbones) add up instead of overwriting each other.
+    """
+    order = ["random"] + [f"{r.split(':')[0]}_c{r.split(':')[1]}" for r in ALL_ROWS.split(",")]
+    order += [f"{t}_c{c}" for t in ("rspnet", "cvrl", "tdl") for c in (1, 2)]
+    rows = []
+    for backbone in args.backbones.split(","):
+        root = os.path.join(args.workdir, backbone.replace("/", "_"))
+        for tag in order:
+            probe_file = os.path.join(root, tag, "probe", "probe.json")
+            if not os.path.isfile(probe_file):
+                continue
+            with open(probe_file) as f:
+                pr = json.load(f)
+            task, complexity = (None, None) if tag == "random" else tag.rsplit("_c", 1)
+            row = {
+                "backbone": backbone,
+                "row": "random init" if task is None else tag,
+                "task": task,
+                "complexity": None if task is None else int(complexity),
+            }
+            row.update({k: pr[k] for k in ("linear_probe_top1", "R@1", "R@5", "R@10")})
+            if task is not None:
+                with open(os.path.join(root, tag, "pretext.json")) as f:
+                    pre = json.load(f)
+                row.update(
+                    pretext_accuracy=pre["pretext_accuracy"],
+                    chance=pre["chance"],
+                    pretrain_seconds=pre["seconds"],
+                )
+            ft_file = os.path.join(root, tag, "finetune", "eval.json")
+            if os.path.isfile(ft_file):
+                with open(ft_file) as f:
+                    row["finetune_top1"] = json.load(f)["top1"]
+            rows.append(row)
+    return rows
 
 
 def write(args, rows) -> None:
