@@ -64,15 +64,7 @@ def run_data(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 def run_train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Supervised training of the student or of one teacher (``config.train_model``)."""
-    if config.train_model == "student":
-        spec = config.student
-    elif config.train_model in config.teachers:
-        spec = config.teachers[config.train_model]
-    else:
-        raise ValueError(
-            f"config.train_model={config.train_model!r} is neither 'student' nor a teacher "
-            f"name ({sorted(config.teachers)})"
-        )
+    spec = train.trained_spec(config)
     summary = train.run(
         config,
         train.Stage(

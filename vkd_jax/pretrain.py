@@ -29,7 +29,7 @@ import optax
 from absl import logging
 from clu import metric_writers
 
-from vkd_jax import checkpoint, models, pretext, sharding, train, train_step
+from vkd_jax import checkpoint, evaluation, models, pretext, sharding, train, train_step
 from vkd_jax.data import pipeline
 from vkd_jax.data import pretext as pretext_data
 
@@ -58,13 +58,6 @@ class PretrainState(flax.struct.PyTreeNode):
     queue_ptr: jax.Array
 
 
-def _variables(params, batch_stats) -> dict[str, Any]:
-    out = {"params": params}
-    if batch_stats:
-        out["batch_stats"] = batch_stats
-    return out
-
-
 def encode(backbone, head, params, batch_stats, views, *, train: bool, rng):
     """Backbone on every view, pooled embeddings ``(B, V, D)`` -> head.
 
@@ -73,8 +66,8 @@ def encode(backbone, head, params, batch_stats, views, *, train: bool, rng):
     b, v = views.shape[:2]
     clips = views.reshape((b * v,) + views.shape[2:])
     rngs = {"dropout": rng}
-    bvars = _variables(params["backbone"], batch_stats["backbone"])
-    hvars = _variables(params["head"], batch_stats["head"])
+    bvars = train_step._variables(params["backbone"], batch_stats["backbone"])
+    hvars = train_step._variables(params["head"], batch_stats["head"])
     if train:
         (_, feats), bmut = backbone.apply(
             bvars, clips, train=True, mutable=["batch_stats"], rngs=rngs
@@ -231,18 +224,6 @@ def build_backbone(config, spec, task, num_classes: int):
     )
 
 
-def trained_spec(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The model entry ``config.train_model`` names (the student or a teacher)."""
-    if config.train_model == "student":
-        return config.student
-    if config.train_model in config.teachers:
-        return config.teachers[config.train_model]
-    raise ValueError(
-        f"config.train_model={config.train_model!r} is neither 'student' nor a teacher "
-        f"name ({sorted(config.teachers)})"
-    )
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Pretrains (or resumes) ``config.train_model``'s architecture on ``config.pretext``.
 
@@ -261,7 +242,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     os.makedirs(workdir, exist_ok=True)
     started = time.time()
     pcfg = ml_collections.FrozenConfigDict(config.pretext)
-    spec = trained_spec(config)
+    spec = train.trained_spec(config)
     task, head = pretext.build(pcfg, config.data)
     num_steps = int(config.train.num_steps)
     name = f"pretrain_{task.name}_c{pcfg.complexity}"
@@ -347,7 +328,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     manager.close()
 
     # ------------------------------------------------------------ export, eval
-    variables = _variables(state.params["backbone"], state.batch_stats["backbone"])
+    variables = train_step._variables(state.params["backbone"], state.batch_stats["backbone"])
     meta = train.model_metadata(config, spec, info.num_classes)
     meta.update(
         stage=name,
@@ -366,7 +347,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         train_split=config.data.train_split,
         dataset=f"{config.data.name}/{config.data.builder_config}",
         train_steps=num_steps,
-        params=int(sum(x.size for x in jax.tree_util.tree_leaves(variables["params"]))),
+        params=evaluation.count_params(variables["params"]),
         params_sha256=train.params_digest(variables),
         seconds=time.time() - started,
     )

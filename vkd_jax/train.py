@@ -69,6 +69,18 @@ class Stage:
     train_split: str = ""
 
 
+def trained_spec(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The model entry ``config.train_model`` names (the student or a teacher)."""
+    if config.train_model == "student":
+        return config.student
+    if config.train_model in config.teachers:
+        return config.teachers[config.train_model]
+    raise ValueError(
+        f"config.train_model={config.train_model!r} is neither 'student' nor a teacher "
+        f"name ({sorted(config.teachers)})"
+    )
+
+
 def supervised_loss(loss_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The objective with every distillation term off (cross-entropy only)."""
     cfg = ml_collections.ConfigDict(loss_cfg.to_dict())
