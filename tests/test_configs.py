@@ -36,7 +36,7 @@ def _with(config, **overrides):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
-def test_config_validates(path):
+def test_config_validates(path, tmp_path):
     config = _load(path)
     assert config.mode in config_lib.MODES
     if "dual_teacher" in path:
@@ -52,8 +52,8 @@ def test_config_validates(path):
         for mode in config_lib.TEACHER_MODES:
             with pytest.raises(ValueError, match="teachers.cnn.checkpoint, teachers.vit.chec"):
                 config_lib.validate(_with(config, mode=mode))
-        config.teachers.cnn.checkpoint = "/c"
-        config.teachers.vit.checkpoint = "/v2"
+        config.teachers.cnn.checkpoint = str(tmp_path)  # Model directories must exist.
+        config.teachers.vit.checkpoint = str(tmp_path)
     config_lib.validate(config)
 
 
@@ -61,3 +61,74 @@ def test_every_config_file_has_a_run_command():
     for path in CONFIGS:
         with open(path) as f:
             assert "python -m vkd_jax.main --config" in f.read(), path
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("train.batch_size", -3, "train.batch_size = -3: must be >= 1"),
+        ("train.num_steps", -1, "train.num_steps = -1: must be >= 0"),
+        ("data.crop_size", 0, "data.crop_size = 0: must be >= 1"),
+        ("loss.temperature", 0.0, "loss.temperature = 0.0: must be > 0"),
+        ("optim.momentum", 1.5, r"optim.momentum = 1.5: must be in \[0, 1\]"),
+        ("data.eval_num_crops", 2, "data.eval_num_crops = 2: must be one of 1, 3"),
+        ("mesh.data", 0, r"mesh.data = 0: must be -1 \(all devices\) or >= 1"),
+        ("data.train_scale", (0.8, 0.5), "data.train_scale = .*low <= high"),
+        ("pretext.tdl.queue_size", 0, "pretext.tdl.queue_size = 0: must be >= 1"),
+    ],
+)
+def test_values_out_of_range_fail_before_compute(key, value, message):
+    config = config_lib.default_config()
+    section, name = key.rsplit(".", 1)
+    config_lib._get(config, section)[name] = value
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.validate(config)
+
+
+def test_teacher_entries_and_model_dirs_are_checked(tmp_path):
+    config = config_lib.default_config()
+    config.mode = "distill"
+    config.teachers.cnn.checkpoint = str(tmp_path)
+    config.teachers.vit.checkpoint = str(tmp_path)
+    config_lib.validate(config)
+    config.teachers.vit.learning_rate = -1.0
+    with pytest.raises(config_lib.ConfigError, match="teachers.vit.learning_rate = -1.0"):
+        config_lib.validate(config)
+    config.teachers.vit.learning_rate = 0.0
+    config.teachers.cnn.checkpoint = str(tmp_path / "absent")
+    with pytest.raises(config_lib.ConfigError, match="teachers.cnn.checkpoint = .*absent"):
+        config_lib.validate(config)
+    config.mode = "train"  # Teachers' checkpoints are not read in mode=train.
+    config_lib.validate(config)
+    config.init_checkpoint = str(tmp_path / "absent")
+    with pytest.raises(config_lib.ConfigError, match="init_checkpoint = .*no such model"):
+        config_lib.validate(config)
+
+
+def test_unknown_override_keys():
+    argv = ["prog", "--config=x.py", "--config.train.bacth_size=3", "--config.seed=1",
+            "--config.teachers.extra.name=x3d", "--workdir=w"]  # fmt: skip
+    assert config_lib.unknown_override_keys(argv) == ["train.bacth_size"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.mode=bogus", "Unknown mode 'bogus'"),
+        ("--config.train.bacth_size=3", "unknown config key train.bacth_size"),
+        ("--config.train.batch_size=-3", "train.batch_size = -3: must be >= 1"),
+    ],
+)
+def test_cli_reports_a_user_error_in_one_line(tmp_path, override, message):
+    """The last stderr line is the message alone (no traceback) and the exit code is 2."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "vkd_jax.main", "--config", os.path.join(ROOT, "configs",
+         "default.py"), "--workdir", str(tmp_path / "w"), override],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("vkd_jax: error: ") and message in last, last

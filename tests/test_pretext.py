@@ -459,7 +459,7 @@ def test_config_validation_names_a_bad_pretext_setting_before_compute():
     with pytest.raises(ValueError, match="Unknown pretext.task 'jigsaw'"):
         config_lib.validate(c)
     c.pretext.task, c.pretext.complexity = "prp", 0
-    with pytest.raises(ValueError, match="complexity must be 1, 2 or 3"):
+    with pytest.raises(ValueError, match="pretext.complexity = 0: must be one of 1, 2, 3"):
         config_lib.validate(c)
 
 

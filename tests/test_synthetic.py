@@ -109,3 +109,50 @@ def test_builder(builder):
     for i in (0, 37, 119):
         np.testing.assert_array_equal(by_id[i]["video"], want[i])
         assert by_id[i]["label"] == want_labels[i]
+
+
+def _rendered_without(geo, **changes):
+    """Clips of every class from one generator state, with some geometry fields changed."""
+    import dataclasses
+
+    geo = dataclasses.replace(geo, **changes)
+    return synthetic.generate_clips(np.arange(12), geo, np.random.default_rng(3))
+
+
+def test_motion_scale_moves_further_per_frame():
+    """motion_scale multiplies how far things travel: more change between frames, the
+    same first frame of a forward class (only velocities are scaled, not positions), and
+    growing (bounded by the frame) unchanged."""
+    geo = synthetic.Geometry(num_frames=16, height=32, width=32, num_distractors=2)
+    slow = _rendered_without(geo)
+    fast = _rendered_without(geo, motion_scale=4.0)
+    motion = lambda v: np.abs(np.diff(v.astype(np.float32), axis=1)).mean()
+    assert motion(fast) > 2.0 * motion(slow)
+    grow = synthetic.CLASS_NAMES.index("grow")
+    no_distractors = dict(num_distractors=0)
+    np.testing.assert_array_equal(
+        _rendered_without(geo, **no_distractors)[grow],
+        _rendered_without(geo, motion_scale=4.0, **no_distractors)[grow],
+    )
+
+
+def test_light_fading_is_an_arrow_of_time():
+    """Every clip, reversed classes included, dims from its first frame to its last, so
+    the time-reversal pairs no longer share their frame sets; without fading the clips
+    are exactly those of the base design (the fade is drawn last)."""
+    geo = synthetic.Geometry(num_frames=16, height=32, width=32, num_distractors=2)
+    base = _rendered_without(geo)
+    faded = _rendered_without(geo, light_fading=0.5)
+    brightness = faded.astype(np.float32).mean(axis=(2, 3, 4))  # (12 classes, T)
+    assert (np.diff(brightness, axis=1) < 0).mean() > 0.9
+    ratio = brightness[:, -1] / brightness[:, 0]
+    assert np.all((ratio > 0.4) & (ratio < 0.85)), ratio  # Dims by 1/4 to 1/2 of the light.
+    np.testing.assert_array_equal(_rendered_without(geo, light_fading=0.0), base)
+    assert not np.array_equal(faded, base)
+
+
+def test_long_config_geometry():
+    long = {c.name: c for c in synthetic.SyntheticActions.BUILDER_CONFIGS}["long"]
+    geo = long.geometry
+    assert (geo.num_frames, geo.height, geo.width) == (64, 32, 32)
+    assert geo.motion_scale == 4.0 and geo.light_fading > 0 and geo.light_from_above > 0

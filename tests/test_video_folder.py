@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 
@@ -253,6 +254,30 @@ def test_generic_with_split_lists(tmp_path):
     builder = video_folder.prepare(data_config(tmp_path / "tfds", ds, layout="generic"))
     check_skipped(builder, ds)
     check_dataset(read_back(tmp_path / "tfds", builder.builder_config.name), ds, tol=JPEG_TOL)
+
+
+def test_generic_folders_without_videos_are_not_classes(tmp_path, caplog):
+    """Split lists kept in root/splits/ and an emptied class folder: neither is a class
+    (both once were, with a class `splits` of no video), and the build log says so."""
+    ds = video_fixtures.make_generic(str(tmp_path / "src"), per_class=3, with_lists=True)
+    splits = os.path.join(ds.root, "splits")
+    os.makedirs(splits)
+    for name in ("train.txt", "test.txt"):
+        os.replace(os.path.join(ds.root, name), os.path.join(splits, name))
+    os.makedirs(os.path.join(ds.root, "zzz_empty", "nested"))
+    with caplog.at_level(logging.WARNING):
+        catalog = video_folder.read_catalog("generic", ds.root, splits)
+    assert catalog.class_names == ds.class_names
+    assert "splits, zzz_empty" in caplog.text and "not classes" in caplog.text
+    train_ids = {item.video_id for item in catalog.splits["train"]}
+    assert train_ids == set(ds.expected["train"]) | set(ds.bad["train"])
+    assert not catalog.problems
+
+
+def test_generic_without_any_video_names_the_layout(tmp_path):
+    os.makedirs(tmp_path / "root" / "notes")
+    with pytest.raises(FileNotFoundError, match=r"root/<class>/<video>"):
+        video_folder.read_catalog("generic", str(tmp_path / "root"))
 
 
 def test_generic_seeded_split_without_lists(tmp_path):

@@ -102,7 +102,9 @@ def main() -> None:
     parser.add_argument("--backbones", default="x3d/mini")
     parser.add_argument("--rows", default=ALL_ROWS, help="task:complexity, comma-separated")
     parser.add_argument("--pretrain_data", default="long", help="synthetic_actions config")
-    parser.add_argument("--pretrain_stride", type=int, default=4)
+    # 2, as the downstream clips: every other frame of `long` moves as far (in frame widths)
+    # as every other frame of `default`.
+    parser.add_argument("--pretrain_stride", type=int, default=2)
     parser.add_argument("--pretrain_batch", type=int, default=16, help="videos per step")
     parser.add_argument("--pretrain_steps", type=int, default=300)
     parser.add_argument("--pretrain_lr", type=float, default=5e-3)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging as std_logging
 import os
+import sys
 
 # TensorFlow is used only for tf.data on the host: keep it off accelerators and quiet.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -34,6 +35,46 @@ class _OwnInfoOnly(std_logging.Filter):
         return not any(part in record.pathname for part in self._NOISY)
 
 
+def _exit_user_error(message) -> None:
+    """A user's mistake ends in one line on stderr and exit code 2, without a traceback
+    (VKD_TRACEBACK=1 keeps it); internal errors keep theirs."""
+    print(f"vkd_jax: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that name a bad input (config, path, checkpoint, data), not a bug."""
+    from vkd_jax import checkpoint, config_lib, train
+    from vkd_jax.convert.common import ConversionError
+
+    return (
+        config_lib.ConfigError,
+        checkpoint.CheckpointError,
+        ConversionError,
+        train.NonFiniteLossError,
+        FileNotFoundError,
+        NotADirectoryError,
+    )
+
+
+def _parse_flags(argv):
+    """absl's parser, plus one line for an override of a key no config declares
+    (ml_collections raises a bare AttributeError while parsing)."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as e:
+        from vkd_jax import config_lib
+
+        unknown = config_lib.unknown_override_keys(argv)
+        if not unknown:
+            raise
+        del e
+        _exit_user_error(
+            f"unknown config key {', '.join(unknown)} (not declared in configs/default.py); "
+            "check its spelling"
+        )
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -47,17 +88,22 @@ def main(argv):
     from vkd_jax import config_lib
 
     config = FLAGS.config
-    config_lib.validate(config)
-    if os.environ.get("VKD_DISTRIBUTED"):  # Multi-host (e.g. TPU pods): one process per host.
-        jax.distributed.initialize()
-    workdir = os.path.abspath(FLAGS.workdir)
-    os.makedirs(workdir, exist_ok=True)
-    logging.info("vkd_jax mode=%s workdir=%s devices=%s", config.mode, workdir, jax.devices())
+    try:
+        config_lib.validate(config)
+        if os.environ.get("VKD_DISTRIBUTED"):  # Multi-host (TPU pods): one process per host.
+            jax.distributed.initialize()
+        workdir = os.path.abspath(FLAGS.workdir)
+        os.makedirs(workdir, exist_ok=True)
+        logging.info("vkd_jax mode=%s workdir=%s devices=%s", config.mode, workdir, jax.devices())
 
-    from vkd_jax import modes
+        from vkd_jax import modes
 
-    modes.run(config, workdir)
+        modes.run(config, workdir)
+    except _user_errors() as e:
+        if os.environ.get("VKD_TRACEBACK"):
+            raise
+        _exit_user_error(e)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -57,7 +57,8 @@ Resolution and clip length come from the builder config: `tiny` (8 frames of
 32x32, a few hundred clips, for tests) and `default` (16 frames of 64x64,
 4800 / 600 / 600 train / validation / test clips, built in 34 s on two CPU cores) and
 `long` (64 frames of 32x32, same split sizes, other clips: drawn from another seed, lit
-from above), the pretraining data of the self-supervised pretext tasks (docs/pretext.md).
+from above, moving as far per frame as in `default`), the pretraining data of the
+self-supervised pretext tasks (docs/pretext.md).
 Videos are stored as zlib-compressed uint8 tensors (faster to write and read than per-frame PNG).
 Each example also carries `id`, its index within the split.
 """
@@ -105,6 +106,16 @@ class Geometry:
       light_from_above: Largest top-to-bottom brightness step of the background (0: none).
         A world with an "up", as real videos have (sky, gravity, light): without it every
         rotation of a clip is as likely as the clip, and RotNet has nothing to learn.
+      motion_scale: How far things travel over the clip, relative to the base design
+        (translations, the bar's turn, the distractors; not growing or approaching, which
+        the frame bounds). `long` uses 4: 64 frames at the per-frame speeds (in frame
+        widths) of `default`'s 16, so that a pretext clip of consecutive frames moves like
+        a downstream clip, and playback rates or clip order change what is seen.
+      light_fading: Largest fraction by which the light dims from the first frame to the
+        last (0: none), drawn per clip in [1/2, 1] of it: an arrow of time, as real videos
+        have (things fall, people walk forwards) and the base design deliberately lacks
+        (its class pairs are time reversals). Without one, no pooled feature orders two
+        clips of a video and VCOP has nothing to learn (measured: chance).
     """
 
     num_frames: int
@@ -112,6 +123,8 @@ class Geometry:
     width: int
     num_distractors: int = 3
     light_from_above: float = 0.0
+    motion_scale: float = 1.0
+    light_fading: float = 0.0
 
 
 def _bright_colours(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -182,7 +195,7 @@ def generate_clips(labels: np.ndarray, geo: Geometry, rng: np.random.Generator) 
 
     # ---- discs: centres (n, 2 discs, T, 2) in pixels (x, y), radii (n, 2, T).
     start = uniform(0, 1, (2, 1, 2)) * np.array([w, h], np.float32)
-    disp = uniform(0.35, 0.6) * s  # Displacement over the whole clip.
+    disp = uniform(0.35, 0.6) * s * geo.motion_scale  # Displacement over the whole clip.
     # Single-disc motion classes: disc 0 moves along an axis, with a small transverse drift.
     axis = np.where(is_("move_right", "move_left"), 0.0, np.pi / 2)[:, 0]
     drift = uniform(-0.2, 0.2)
@@ -228,7 +241,7 @@ def generate_clips(labels: np.ndarray, geo: Geometry, rng: np.random.Generator) 
 
     # ---- bar: static centre, angle (n, T); angle grows clockwise on screen (y points down).
     bar_centre = uniform(0, 1, (2,)) * np.array([w, h], np.float32)
-    turn = np.deg2rad(uniform(60, 120))
+    turn = np.deg2rad(uniform(60, 120)) * geo.motion_scale
     angle = uniform(0, np.pi)[:, None] + np.where(
         is_("rotate_cw", "rotate_ccw"), turn[:, None] * tau, 0.0
     )
@@ -237,7 +250,7 @@ def generate_clips(labels: np.ndarray, geo: Geometry, rng: np.random.Generator) 
     # ---- distractors: (n, K, T, 2) centres on straight torus paths, half sizes (n, K).
     k = geo.num_distractors
     d_start = uniform(0, 1, (k, 1, 2)) * np.array([w, h], np.float32)
-    d_vel = unit(uniform(0, 2 * np.pi, (k,))) * uniform(0.0, 0.6, (k, 1)) * s
+    d_vel = unit(uniform(0, 2 * np.pi, (k,))) * uniform(0.0, 0.6, (k, 1)) * s * geo.motion_scale
     d_centres = d_start + d_vel[:, :, None, :] * tau[:, None, :, None]
     d_half = np.maximum(uniform(0.025, 0.045, (k,)) * s, 1.0)
 
@@ -273,11 +286,15 @@ def generate_clips(labels: np.ndarray, geo: Geometry, rng: np.random.Generator) 
         dist = np.sqrt(dx * dx + dy * dy)
         _composite(frames, ramp(radii[:, j][..., None, None] - dist), col_disc[:, j])
 
-    videos = np.round(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
     # Reversed classes: the same distribution played backwards (identical frame sets).
     rev = _REVERSED[labels]
-    videos[rev] = videos[rev, ::-1]
-    return videos
+    frames[rev] = frames[rev, ::-1]
+    if geo.light_fading > 0:
+        # After the reversal, so that every clip dims forwards in time. Drawn last, so the
+        # clips of configs without fading are unchanged.
+        fade = uniform(0.5, 1.0) * geo.light_fading
+        frames *= (1.0 - fade[:, None] * (tau + 0.5))[:, :, None, None, None]
+    return np.round(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def split_labels(num_examples: int, seed: int, split_id: int) -> np.ndarray:
@@ -324,11 +341,15 @@ class SyntheticActionsConfig(tfds.core.BuilderConfig):
         num_test: int,
         num_distractors: int = 3,
         light_from_above: float = 0.0,
+        motion_scale: float = 1.0,
+        light_fading: float = 0.0,
         seed: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.geometry = Geometry(num_frames, height, width, num_distractors, light_from_above)
+        self.geometry = Geometry(
+            num_frames, height, width, num_distractors, light_from_above, motion_scale, light_fading
+        )
         self.num_train = num_train
         self.num_validation = num_validation
         self.num_test = num_test
@@ -341,11 +362,14 @@ class SyntheticActions(tfds.core.GeneratorBasedBuilder):
     See the module docstring of `vkd_jax.data.synthetic` for the classes and their design.
     """
 
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release: 12 classes.",
         "1.1.0": "A validation split (for tuning; the test split is for reporting only); "
         "default: 4800 train clips instead of 2400. The `long` config (64 frames).",
+        "1.2.0": "`long` moves at `default`'s per-frame speeds (motion_scale 4); its clips "
+        "in 1.1.0 moved 4x slower per frame, below a pixel per frame at 32x32. `tiny` and "
+        "`default` are unchanged.",
     }
     BUILDER_CONFIGS = [
         SyntheticActionsConfig(
@@ -376,8 +400,9 @@ class SyntheticActions(tfds.core.GeneratorBasedBuilder):
         SyntheticActionsConfig(
             name="long",
             description=(
-                "Self-supervised pretraining: the same 12 actions spread over 64 frames of "
-                "32x32 (each motion 4x slower per frame than in `default`), lit from above "
+                "Self-supervised pretraining: the same 12 actions over 64 frames of 32x32, "
+                "moving at `default`'s per-frame speeds (relative to the frame; growing and "
+                "approaching, bounded by the frame, are 4x slower per frame), lit from above "
                 "(the background brightens towards the top: the world has an up, which "
                 "RotNet needs), 4800 train / 600 validation / 600 test clips. Long enough "
                 "for the pretext tasks that sample clips at several playback rates (PRP's "
@@ -391,6 +416,8 @@ class SyntheticActions(tfds.core.GeneratorBasedBuilder):
             num_test=600,
             num_distractors=3,
             light_from_above=0.3,
+            motion_scale=4.0,
+            light_fading=0.5,
             seed=1,
         ),
     ]

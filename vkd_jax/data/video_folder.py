@@ -61,6 +61,8 @@ import tqdm
 from av.video.reformatter import Interpolation
 from etils import epath
 
+from vkd_jax import config_lib
+
 LAYOUTS = ("generic", "ucf101", "hmdb51", "kinetics400", "ssv2", "epic_kitchens100")
 ENCODINGS = ("jpeg", "png")
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".webm", ".mkv", ".mov", ".mpg", ".mpeg", ".m4v", ".flv")
@@ -659,12 +661,41 @@ def _epic_catalog(root: str, annotations: str) -> Catalog:
     return catalog
 
 
+def _videos_under(root: str, folder: str) -> list[str]:
+    """Paths (relative to ``root``, with ``/``) of every video file under ``root/folder``."""
+    rels = []
+    for dirpath, dirnames, filenames in os.walk(os.path.join(root, folder)):
+        dirnames.sort()
+        rels += [
+            os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/")
+            for f in sorted(filenames)
+            if _is_video(f)
+        ]
+    return rels
+
+
 def _generic_catalog(root: str, annotations: str, seed: int) -> Catalog:
-    class_names = sorted(
+    folders = sorted(
         d
         for d in os.listdir(root)
         if os.path.isdir(os.path.join(root, d)) and not d.startswith(".")
     )
+    videos = {d: _videos_under(root, d) for d in folders}
+    # A folder without any video file (split lists, notes, an emptied class) is no class.
+    class_names = [d for d in folders if videos[d]]
+    not_classes = [d for d in folders if not videos[d]]
+    if not_classes:
+        logging.warning(
+            "video_folder: %d sub-folder(s) of %s hold no video file and are not classes: %s",
+            len(not_classes),
+            root,
+            ", ".join(not_classes),
+        )
+    if not class_names:
+        raise FileNotFoundError(
+            f"No class folder with a video file ({', '.join(VIDEO_EXTENSIONS)}) in {root!r}: "
+            "the generic layout is root/<class>/<video>."
+        )
     labels = {name: i for i, name in enumerate(class_names)}
     catalog = Catalog(class_names, {})
     lists = {}
@@ -698,14 +729,7 @@ def _generic_catalog(root: str, annotations: str, seed: int) -> Catalog:
     rng = np.random.default_rng(seed)
     catalog.splits = {"train": [], "test": []}
     for label, cls in enumerate(class_names):
-        rels = []
-        for dirpath, dirnames, filenames in os.walk(os.path.join(root, cls)):
-            dirnames.sort()
-            rels += [
-                os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/")
-                for f in sorted(filenames)
-                if _is_video(f)
-            ]
+        rels = videos[cls]
         order = rng.permutation(len(rels))
         num_test = round(0.2 * len(rels)) if len(rels) >= 5 else (1 if len(rels) >= 2 else 0)
         for rank, i in enumerate(order):
@@ -731,6 +755,8 @@ def read_catalog(
     Returns:
       The catalog.
     """
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"data.folder.root {root!r}: no such folder of videos")
     annotations = annotations or root
     if layout == "ucf101":
         return _ucf101_catalog(root, annotations, split)
@@ -909,7 +935,7 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
     def _catalog(self) -> Catalog:
         if self._catalog_cache is None:
             if not self._root:
-                raise ValueError(
+                raise config_lib.ConfigError(
                     f"video_folder/{self.builder_config.name} is not prepared in "
                     f"{self.data_dir_root!r} and data.folder.root is empty: give the "
                     "folder of the source videos to build it."

@@ -23,6 +23,7 @@ Everything here is channels-last: video maps are ``(B, T, H, W, C)``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Kaiming normal, fan-out, gain sqrt(2): PyTorch's ``kaiming_normal_(mode="fan_out")``.
 he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -328,3 +330,50 @@ class SqueezeExcite(nn.Module):
         s = nn.relu(s)
         s = conv3d(channels, (1, 1, 1), use_bias=True, dtype=self.dtype, name="fc2")(s)
         return x * nn.sigmoid(s)
+
+
+# ----------------------------------------------------------------- pooling
+
+
+@functools.lru_cache(maxsize=256)
+def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """``(out, in)`` averaging matrix of 1-D adaptive average pooling.
+
+    Bin ``i`` covers ``[floor(i * in / out), ceil((i + 1) * in / out))``, as in
+    PyTorch's ``AdaptiveAvgPool``: bins overlap when ``in`` is not a multiple of
+    ``out``, and each input element is repeated when ``in < out``.
+    """
+    if in_size < 1 or out_size < 1:
+        raise ValueError(f"sizes must be positive, got in={in_size}, out={out_size}")
+    m = np.zeros((out_size, in_size), np.float32)
+    for i in range(out_size):
+        start = (i * in_size) // out_size
+        end = -((-(i + 1) * in_size) // out_size)  # ceil division
+        m[i, start:end] = 1.0 / (end - start)
+    m.setflags(write=False)
+    return m
+
+
+def adaptive_avg_pool3d(x: jax.Array, grid: Sequence[int]) -> jax.Array:
+    """Adaptive average pooling of ``(B, T, H, W, C)`` to ``(B, T', H', W', C)``.
+
+    Separable: one small averaging matrix per axis (:func:`adaptive_pool_matrix`),
+    so non-divisible sizes and inputs smaller than the grid need no special case.
+
+    Args:
+      x: ``(B, T, H, W, C)`` feature map.
+      grid: ``(T', H', W')`` output grid.
+
+    Returns:
+      ``(B, T', H', W', C)`` in float32.
+    """
+    if x.ndim != 5:
+        raise ValueError(f"expected a (B, T, H, W, C) map, got shape {x.shape}")
+    t, h, w = (int(g) for g in grid)
+    x = x.astype(jnp.float32)
+    mt = jnp.asarray(adaptive_pool_matrix(x.shape[1], t))
+    mh = jnp.asarray(adaptive_pool_matrix(x.shape[2], h))
+    mw = jnp.asarray(adaptive_pool_matrix(x.shape[3], w))
+    x = jnp.einsum("pt,bthwc->bphwc", mt, x)
+    x = jnp.einsum("qh,bphwc->bpqwc", mh, x)
+    return jnp.einsum("rw,bpqwc->bpqrc", mw, x)

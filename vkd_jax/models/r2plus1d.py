@@ -53,6 +53,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vkd_jax.models import layers
+
 # Variant -> hyperparameters of :class:`R2Plus1D`.
 VARIANTS: dict[str, dict[str, Any]] = {
     "18": dict(layers=(2, 2, 2, 2), widths=(64, 128, 256, 512), stem_midplanes=45),
@@ -75,11 +77,10 @@ def midplanes(in_planes: int, out_planes: int) -> int:
     return (in_planes * out_planes * 3 * 3 * 3) // (in_planes * 3 * 3 + 3 * out_planes)
 
 
-def _batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
-    # PyTorch BatchNorm3d defaults: eps 1e-5, momentum 0.1 (= flax momentum 0.9).
-    return nn.BatchNorm(
-        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name
-    )
+def _batch_norm(train: bool, dtype: Any, name: str):
+    """PyTorch's BatchNorm3d (eps 1e-5, momentum 0.1, unbiased running variance), as in
+    every family of the zoo, so a converted checkpoint fine-tunes as in PyTorch."""
+    return functools.partial(layers.BatchNorm(dtype=dtype, name=name), train=train)
 
 
 class Conv2Plus1D(nn.Module):

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vkd_jax.losses import sdd as sdd_lib
+from vkd_jax.models import layers
 
 Array = jax.Array
 
@@ -120,4 +120,4 @@ class StructureDiscrepancyBranch(nn.Module):
         x = nn.Conv(self.dim, (1, 1, 1), dtype=self.dtype, name="proj")(x)
         x = NonLocalBlock(dtype=self.dtype, name="non_local")(x)
         x = SqueezeExcite(self.se_reduction, dtype=self.dtype, name="se")(x)
-        return sdd_lib.adaptive_avg_pool3d(x, self.grid)
+        return layers.adaptive_avg_pool3d(x, self.grid)

@@ -73,6 +73,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vkd_jax.models import layers
+
 _V1_BASE = (24, 240, 480, 960)  # groups = 3 (reference ShuffleNet, out_planes).
 # Reference ShuffleNetV2 stage_out_channels (stem, stage1..3, conv_last) per width.
 _V2_CHANNELS = {
@@ -160,10 +162,8 @@ class ConvBN(nn.Module):
             kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
             name="conv",
         )(x)
-        # PyTorch BatchNorm3d defaults: eps 1e-5, momentum 0.1 (= flax momentum 0.9).
-        x = nn.BatchNorm(
-            use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name="bn"
-        )(x)
+        # PyTorch's BatchNorm3d (eps 1e-5, momentum 0.1, unbiased running variance).
+        x = layers.BatchNorm(dtype=self.dtype, name="bn")(x, train=train)
         return nn.relu(x) if self.relu else x
 
 

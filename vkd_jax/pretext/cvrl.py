@@ -32,6 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vkd_jax.models import layers
 from vkd_jax.pretext import common
 
 
@@ -59,7 +60,7 @@ class Head(nn.Module):
         x = embeddings.astype(jnp.float32)
         for _ in range(self.num_layers - 1):
             x = nn.Dense(self.hidden_dim, use_bias=False)(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+            x = layers.BatchNorm()(x, train=train)  # The zoo's BatchNorm (PyTorch's).
             x = nn.relu(x)
         return nn.Dense(self.dim)(x)
 
