@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 import video_fixtures
 
 from vkd_jax import config_lib
-from vkd_jax.data import video_folder
+from vkd_jax.data import decode, video_folder
 
 # Mean absolute error (units of 255) allowed between the frames written and the
 # frames read back: H.264/VP9 4:4:4 lossless fixtures are off by RGB<->YUV
@@ -134,7 +134,7 @@ def test_decode_resamples_resizes_and_truncates(tmp_path):
 
 def test_decode_task_reports_bad_files(tmp_path):
     def task(path):
-        return video_folder._DecodeTask(str(path), None, None, 0, 0.0, 0, "png")
+        return decode.DecodeTask(str(path), None, None, 0, 0.0, 0, "png")
 
     video_fixtures.write_empty(str(tmp_path / "empty.mp4"))
     video_fixtures.write_corrupt(str(tmp_path / "corrupt.mp4"))
@@ -146,14 +146,14 @@ def test_decode_task_reports_bad_files(tmp_path):
         ("corrupt.mp4", "InvalidData"),
         ("cut.mp4", "Error"),
     ]:
-        encoded, _, got = video_folder._decode_task(task(tmp_path / name))
+        encoded, _, got = decode.decode_task(task(tmp_path / name))
         assert encoded is None and reason in got, (name, got)
     video_fixtures.write_video(str(tmp_path / "ok.mp4"), frames, fps=8.0)
-    encoded, fps, reason = video_folder._decode_task(task(tmp_path / "ok.mp4"))
+    encoded, fps, reason = decode.decode_task(task(tmp_path / "ok.mp4"))
     assert reason is None and len(encoded) == 4 and fps == pytest.approx(8.0)
     # A segment after the end of the video has no frames.
     late = dataclasses.replace(task(tmp_path / "ok.mp4"), start=5.0, stop=6.0)
-    assert video_folder._decode_task(late) == (None, 0.0, "no frames decoded")
+    assert decode.decode_task(late) == (None, 0.0, "no frames decoded")
 
 
 def test_timestamps():

@@ -33,6 +33,10 @@ the count, and the build completes. TFDS writes into a temporary directory and
 renames it when the build succeeds, so an interrupted build never reads as
 prepared.
 
+This module is the builder; the decoding is `vkd_jax.data.decode` and the
+layouts' annotation parsers are `vkd_jax.data.layouts` (a new dataset is a new
+parser there), both re-exported here.
+
 The builder's parameters live in a `VideoFolderConfig` whose name encodes
 them (e.g. `ucf101_split1_short128_fps0_frames0_all_jpeg`), so layouts, splits
 and subsets built into one `data_dir` do not collide.
@@ -40,771 +44,41 @@ and subsets built into one `data_dir` do not collide.
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
-import csv
 import dataclasses
-import io
 import json
 import logging
-import multiprocessing
 import os
-import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import process as futures_process
+from collections.abc import Callable
 from typing import Any
 
-import av
 import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
-from av.video.reformatter import Interpolation
 from etils import epath
 
 from vkd_jax import config_lib
+from vkd_jax.data import decode
 
-LAYOUTS = ("generic", "ucf101", "hmdb51", "kinetics400", "ssv2", "epic_kitchens100")
-ENCODINGS = ("jpeg", "png")
-VIDEO_EXTENSIONS = (".avi", ".mp4", ".webm", ".mkv", ".mov", ".mpg", ".mpeg", ".m4v", ".flv")
+# The parts of the builder, re-exported: decoding and the layouts' annotation parsers.
+from vkd_jax.data.decode import (  # noqa: F401
+    ENCODINGS,
+    VideoDecodeError,
+    decode_video,
+    encode_frame,
+    iter_frames,
+    source_fps,
+)
+from vkd_jax.data.layouts import (  # noqa: F401
+    LAYOUTS,
+    VIDEO_EXTENSIONS,
+    Catalog,
+    VideoItem,
+    balanced_subset,
+    parse_timestamp,
+    read_catalog,
+)
+
 SKIPPED_REPORT = "skipped_videos.json"
-
-# Tolerance (seconds) when comparing frame timestamps with segment bounds and
-# resampling targets: container timestamps are rationals rounded to floats.
-_TIME_EPS = 1e-6
-_SWS_CHROMA = Interpolation.FULL_CHR_H_INT | Interpolation.ACCURATE_RND
-# JPEG quality of the stored frames (TensorFlow's encode_jpeg default).
-_JPEG_QUALITY = 95
-
-
-class VideoDecodeError(Exception):
-    """A video could not be decoded into frames."""
-
-
-# ------------------------------------------------------------------ decoding
-
-
-def _output_size(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """(height, width) with the short side resized to `short_side` (0 = keep)."""
-    if short_side <= 0:
-        return height, width
-    scale = short_side / min(height, width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def parse_timestamp(text: str) -> float:
-    """Seconds of an `HH:MM:SS.ff` (or `MM:SS.ff`, `SS.ff`) timestamp."""
-    seconds = 0.0
-    for part in text.strip().split(":"):
-        seconds = seconds * 60.0 + float(part)
-    return seconds
-
-
-def iter_frames(
-    path: str | os.PathLike,
-    *,
-    short_side: int = 0,
-    fps: float = 0.0,
-    max_frames: int = 0,
-    start: float | None = None,
-    stop: float | None = None,
-) -> Iterator[np.ndarray]:
-    """Decodes a video with PyAV, yielding uint8 `(H, W, 3)` RGB frames.
-
-    Args:
-      path: The video file.
-      short_side: Frames are resized so their short side is this; 0 keeps the
-        size. Every frame gets the size computed from the first one.
-      fps: Frames are resampled to this rate (each output time `k / fps` takes
-        the last source frame shown at or before it); 0 keeps every frame.
-      max_frames: Stop after this many output frames; 0 = all.
-      start: Segment start in seconds from the start of the stream; frames
-        before it are dropped (the decoder seeks to the keyframe before it).
-      stop: Segment end in seconds (exclusive).
-
-    Yields:
-      Frames in presentation order.
-
-    Raises:
-      VideoDecodeError: The file has no video stream.
-      av.FFmpegError: The file cannot be opened or decoded.
-    """
-    with av.open(os.fspath(path)) as container:
-        if not container.streams.video:
-            raise VideoDecodeError("no video stream")
-        stream = container.streams.video[0]
-        # Frame-level threads speed up long-GOP codecs; harmless for tiny videos.
-        stream.thread_type = "AUTO"
-        src_rate = float(stream.average_rate or stream.guessed_rate or 0.0)
-        time_base = stream.time_base
-        stream_start = float(stream.start_time * time_base) if stream.start_time else 0.0
-        if start is not None and start > 0:
-            # Seek to the keyframe at or before `start`, then decode forward.
-            container.seek(int((start + stream_start) / time_base), stream=stream, backward=True)
-
-        size: tuple[int, int] | None = None
-        origin = start
-        emitted = 0
-        pending: list[Any] = []  # [frame, rgb or None]: the last frame seen (fps > 0).
-        next_target = 0
-        last_time = prev_time = None
-
-        def rgb(frame: av.VideoFrame) -> np.ndarray:
-            # Area averaging when shrinking (no aliasing), bicubic otherwise;
-            # full-resolution, accurately rounded chroma: swscale's default
-            # point-samples 4:2:0 chroma (several units of 255 off).
-            shrink = size[0] < frame.height
-            flags = _SWS_CHROMA | (Interpolation.AREA if shrink else Interpolation.BICUBIC)
-            return frame.reformat(
-                width=size[1], height=size[0], format="rgb24", interpolation=flags
-            ).to_ndarray()
-
-        def pending_rgb() -> np.ndarray:
-            if pending[1] is None:
-                pending[1] = rgb(pending[0])
-            return pending[1]
-
-        def full() -> bool:
-            return max_frames > 0 and emitted >= max_frames
-
-        for index, frame in enumerate(container.decode(stream)):
-            if frame.time is not None:
-                time = frame.time - stream_start
-            else:  # No timestamps: assume a constant rate.
-                time = index / src_rate if src_rate else float(index)
-            if start is not None and time < start - _TIME_EPS:
-                continue
-            if stop is not None and time >= stop - _TIME_EPS:
-                break
-            if origin is None:
-                origin = time
-            if size is None:
-                size = _output_size(frame.height, frame.width, short_side)
-            prev_time, last_time = last_time, time
-            if fps <= 0:
-                yield rgb(frame)
-                emitted += 1
-            else:
-                # The previous frame is shown until this one: it fills every
-                # output time before `time`.
-                while pending and origin + next_target / fps < time - _TIME_EPS and not full():
-                    yield pending_rgb()
-                    emitted += 1
-                    next_target += 1
-                pending[:] = [frame, None]
-            if full():
-                return
-
-        if fps > 0 and pending:
-            if src_rate:
-                duration = 1.0 / src_rate
-            elif prev_time is not None:
-                duration = last_time - prev_time
-            else:
-                duration = 1.0 / fps
-            end = last_time + duration
-            if stop is not None:
-                end = min(end, stop)
-            while origin + next_target / fps < end - _TIME_EPS and not full():
-                yield pending_rgb()
-                emitted += 1
-                next_target += 1
-
-
-def source_fps(path: str | os.PathLike) -> float:
-    """The average frame rate of a video's first video stream (0 if unknown)."""
-    with av.open(os.fspath(path)) as container:
-        stream = container.streams.video[0]
-        return float(stream.average_rate or stream.guessed_rate or 0.0)
-
-
-def decode_video(path: str | os.PathLike, **kwargs: Any) -> np.ndarray:
-    """Decodes a whole video (or segment) into a uint8 `(T, H, W, 3)` array.
-
-    Args:
-      path: The video file.
-      **kwargs: Options of `iter_frames` (short_side, fps, max_frames, start, stop).
-
-    Returns:
-      The frames; raises `VideoDecodeError` when there are none.
-    """
-    frames = list(iter_frames(path, **kwargs))
-    if not frames:
-        raise VideoDecodeError("no frames decoded")
-    return np.stack(frames)
-
-
-def encode_frame(frame: np.ndarray, encoding: str) -> bytes:
-    """Encodes one uint8 `(H, W, 3)` frame as JPEG or PNG bytes."""
-    from PIL import Image  # Pillow comes with matplotlib; imported where used.
-
-    buffer = io.BytesIO()
-    image = Image.fromarray(frame)
-    if encoding == "jpeg":
-        image.save(buffer, format="JPEG", quality=_JPEG_QUALITY)
-    else:
-        # Fast PNG: the frames are large in number, size matters less than time.
-        image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-@dataclasses.dataclass(frozen=True)
-class _DecodeTask:
-    """One video (or segment) to decode, as sent to a worker process."""
-
-    path: str
-    start: float | None
-    stop: float | None
-    short_side: int
-    fps: float
-    max_frames: int
-    encoding: str
-
-
-def _decode_task(task: _DecodeTask) -> tuple[list[bytes] | None, float, str | None]:
-    """Worker: decodes and encodes one video; never raises.
-
-    Returns:
-      (encoded frames, frame rate, None) on success, (None, 0, reason) otherwise.
-    """
-    try:
-        if not os.path.isfile(task.path):
-            return None, 0.0, "missing file"
-        if os.path.getsize(task.path) == 0:
-            return None, 0.0, "empty file"
-        encoded = [
-            encode_frame(frame, task.encoding)
-            for frame in iter_frames(
-                task.path,
-                short_side=task.short_side,
-                fps=task.fps,
-                max_frames=task.max_frames,
-                start=task.start,
-                stop=task.stop,
-            )
-        ]
-        if not encoded:
-            return None, 0.0, "no frames decoded"
-        rate = task.fps if task.fps > 0 else source_fps(task.path)
-        return encoded, rate, None
-    except Exception as e:  # noqa: BLE001 - any decoder failure skips the video.
-        return None, 0.0, f"{type(e).__name__}: {e}"
-
-
-class _DecoderPool:
-    """Decoding worker processes, shared by the splits of one build.
-
-    `num_workers` spawned (not forked: the parent may run TensorFlow threads)
-    processes; 0 runs every task in this process.
-    """
-
-    def __init__(self, num_workers: int):
-        self.num_workers = num_workers
-        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
-
-    def _get_executor(self) -> concurrent.futures.ProcessPoolExecutor:
-        if self._executor is None:
-            self._executor = concurrent.futures.ProcessPoolExecutor(
-                self.num_workers, mp_context=multiprocessing.get_context("spawn")
-            )
-        return self._executor
-
-    def close(self) -> None:
-        """Stops the workers (tasks not started are dropped)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
-
-    def map_unordered(
-        self, fn: Callable[[Any], Any], tasks: Sequence[Any]
-    ) -> Iterator[tuple[int, Any]]:
-        """Yields `(index, fn(tasks[index]))` as results arrive.
-
-        At most a few tasks per worker are in flight so results do not pile up
-        in memory. A task whose worker process dies (a decoder crash takes the
-        whole pool down) is retried once in a fresh pool; a second death gives
-        the result `(None, 0.0, "worker crashed ...")`.
-        """
-        if self.num_workers <= 0:
-            for index, task in enumerate(tasks):
-                yield index, fn(task)
-            return
-        queue = collections.deque((index, 0) for index in range(len(tasks)))
-        in_flight: dict[concurrent.futures.Future, tuple[int, int]] = {}
-        try:
-            while queue or in_flight:
-                executor = self._get_executor()
-                while queue and len(in_flight) < 4 * self.num_workers:
-                    index, attempt = queue.popleft()
-                    in_flight[executor.submit(fn, tasks[index])] = (index, attempt)
-                done, _ = concurrent.futures.wait(
-                    in_flight, return_when=concurrent.futures.FIRST_COMPLETED
-                )
-                broken = False
-                for future in done:
-                    index, attempt = in_flight.pop(future)
-                    try:
-                        result = future.result()
-                    except futures_process.BrokenProcessPool as e:
-                        broken = True
-                        if attempt == 0:
-                            queue.append((index, 1))
-                            continue
-                        result = (None, 0.0, f"worker crashed: {e}")
-                    yield index, result
-                if broken:
-                    # Every task still in flight died with the pool: run them again.
-                    queue.extendleft(in_flight.values())
-                    in_flight.clear()
-                    self._executor.shutdown(wait=False, cancel_futures=True)
-                    self._executor = None
-        finally:
-            # Also when the consumer stops early (an exception): drop queued work.
-            for future in in_flight:
-                future.cancel()
-
-
-# --------------------------------------------------------------- annotations
-
-
-@dataclasses.dataclass
-class VideoItem:
-    """One example to build: a video file, or a segment of one."""
-
-    video_id: str
-    path: str
-    label: int
-    start: float | None = None
-    stop: float | None = None
-    verb: int = -1
-    noun: int = -1
-
-
-@dataclasses.dataclass
-class Catalog:
-    """What a layout's annotations say: classes and the videos of each split.
-
-    Attributes:
-      class_names: Names of the `label` classes, index = label.
-      splits: Split name -> its videos.
-      verb_names: EPIC-KITCHENS verb classes (empty for other layouts).
-      noun_names: EPIC-KITCHENS noun classes (empty for other layouts).
-      problems: `(split, video_id, path, reason)` for annotated videos that
-        cannot be built (e.g. an unknown label); reported as skipped.
-    """
-
-    class_names: list[str]
-    splits: dict[str, list[VideoItem]]
-    verb_names: list[str] = dataclasses.field(default_factory=list)
-    noun_names: list[str] = dataclasses.field(default_factory=list)
-    problems: list[tuple[str, str, str, str]] = dataclasses.field(default_factory=list)
-
-
-def _is_video(name: str) -> bool:
-    return name.lower().endswith(VIDEO_EXTENSIONS)
-
-
-def _strip_ext(path: str) -> str:
-    return os.path.splitext(path)[0]
-
-
-def _find_file(folder: str, candidates: Iterable[str], what: str) -> str:
-    """The first existing `folder/<candidate>` (also looked for one level down)."""
-    candidates = list(candidates)
-    for base in [folder] + sorted(
-        os.path.join(folder, d)
-        for d in (os.listdir(folder) if os.path.isdir(folder) else [])
-        if os.path.isdir(os.path.join(folder, d))
-    ):
-        for name in candidates:
-            path = os.path.join(base, name)
-            if os.path.isfile(path):
-                return path
-    raise FileNotFoundError(f"No {what} ({', '.join(candidates)}) in {folder!r}.")
-
-
-def _read_lines(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
-
-
-def _index_videos(root: str) -> dict[str, str]:
-    """File stem -> path of every video file under `root` (first one wins)."""
-    index: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if _is_video(name):
-                index.setdefault(_strip_ext(name), os.path.join(dirpath, name))
-    return index
-
-
-def _unique_names(names: Sequence[str]) -> list[str]:
-    """Makes class names unique (ClassLabel requires it) by suffixing `#index`."""
-    counts = collections.Counter(names)
-    return [f"{n}#{i}" if counts[n] > 1 else n for i, n in enumerate(names)]
-
-
-def _ucf101_catalog(root: str, annotations: str, split: int) -> Catalog:
-    class_ind = _find_file(annotations, ["classInd.txt"], "UCF101 class index")
-    folder = os.path.dirname(class_ind)
-    by_index = {}
-    for line in _read_lines(class_ind):
-        index, name = line.split()
-        by_index[int(index)] = name
-    class_names = [by_index[i] for i in sorted(by_index)]
-    labels = {name: i for i, name in enumerate(class_names)}
-    # The official lists spell some classes differently from classInd
-    # (e.g. HandStandPushups): match case-insensitively.
-    lower = {name.lower(): i for i, name in enumerate(class_names)}
-    catalog = Catalog(class_names, {})
-    for split_name, prefix in (("train", "trainlist"), ("test", "testlist")):
-        items = []
-        for line in _read_lines(os.path.join(folder, f"{prefix}{split:02d}.txt")):
-            rel = line.split()[0].replace("\\", "/")
-            cls = rel.split("/")[0]
-            label = labels.get(cls, lower.get(cls.lower()))
-            path = os.path.join(root, rel)
-            if label is None:
-                catalog.problems.append((split_name, _strip_ext(rel), path, "unknown class"))
-                continue
-            items.append(VideoItem(_strip_ext(rel), path, label))
-        catalog.splits[split_name] = items
-    return catalog
-
-
-def _hmdb51_catalog(root: str, annotations: str, split: int) -> Catalog:
-    pattern = re.compile(rf"^(.+)_test_split{split}\.txt$")
-    folder = annotations
-    files = (
-        sorted(f for f in os.listdir(folder) if pattern.match(f)) if os.path.isdir(folder) else []
-    )
-    if not files:  # The splits may sit one folder down (testTrainMulti_7030_splits/).
-        for sub in sorted(os.listdir(folder)):
-            sub_path = os.path.join(folder, sub)
-            if os.path.isdir(sub_path) and any(pattern.match(f) for f in os.listdir(sub_path)):
-                folder = sub_path
-                files = sorted(f for f in os.listdir(folder) if pattern.match(f))
-                break
-    if not files:
-        raise FileNotFoundError(f"No HMDB51 '<class>_test_split{split}.txt' in {annotations!r}.")
-    class_names = sorted(pattern.match(f).group(1) for f in files)
-    catalog = Catalog(class_names, {"train": [], "test": []})
-    for label, cls in enumerate(class_names):
-        for line in _read_lines(os.path.join(folder, f"{cls}_test_split{split}.txt")):
-            name, flag = line.rsplit(maxsplit=1)
-            split_name = {"1": "train", "2": "test"}.get(flag)
-            if split_name is not None:  # 0 = not used in this split.
-                video_id = f"{cls}/{_strip_ext(name)}"
-                catalog.splits[split_name].append(
-                    VideoItem(video_id, os.path.join(root, cls, name), label)
-                )
-    return catalog
-
-
-_SPLIT_ALIASES = {
-    "train": "train",
-    "training": "train",
-    "val": "validation",
-    "valid": "validation",
-    "validate": "validation",
-    "validation": "validation",
-    "test": "test",
-    "testing": "test",
-}
-
-
-def _split_from_filename(name: str) -> str | None:
-    name = name.lower()
-    for key, split in (("train", "train"), ("val", "validation"), ("test", "test")):
-        if key in name:
-            return split
-    return None
-
-
-def _kinetics_catalog(root: str, annotations: str) -> Catalog:
-    if os.path.isfile(annotations):
-        csv_files = [annotations]
-    else:
-        csv_files = sorted(
-            os.path.join(annotations, f)
-            for f in os.listdir(annotations)
-            if f.lower().endswith(".csv") and _split_from_filename(f)
-        )
-    if not csv_files:
-        raise FileNotFoundError(f"No Kinetics train/val/test CSV files in {annotations!r}.")
-    rows: list[tuple[str, dict[str, str]]] = []
-    for path in csv_files:
-        with open(path, encoding="utf-8", newline="") as f:
-            for row in csv.DictReader(f):
-                split = _SPLIT_ALIASES.get((row.get("split") or "").strip().lower())
-                split = split or _split_from_filename(os.path.basename(path))
-                if split and (row.get("label") or "").strip():
-                    rows.append((split, row))
-    class_names = sorted({row["label"].strip() for _, row in rows})
-    labels = {name: i for i, name in enumerate(class_names)}
-    index = _index_videos(root)
-    catalog = Catalog(class_names, {})
-    seen = set()
-    for split, row in rows:
-        youtube_id = row["youtube_id"].strip()
-        start, end = int(float(row["time_start"])), int(float(row["time_end"]))
-        video_id = f"{youtube_id}_{start:06d}_{end:06d}"
-        if (split, video_id) in seen:
-            continue
-        seen.add((split, video_id))
-        # Some downloads name files by the YouTube id alone.
-        path = index.get(video_id) or index.get(youtube_id)
-        item = VideoItem(video_id, path or os.path.join(root, video_id + ".mp4"), 0)
-        item.label = labels[row["label"].strip()]
-        catalog.splits.setdefault(split, []).append(item)
-    return catalog
-
-
-def _ssv2_catalog(root: str, annotations: str) -> Catalog:
-    def find(suffix: str) -> str | None:
-        try:
-            return _find_file(
-                annotations,
-                [f"{suffix}.json", f"something-something-v2-{suffix}.json"],
-                f"SSv2 {suffix}.json",
-            )
-        except FileNotFoundError:
-            return None
-
-    labels_path = find("labels")
-    if labels_path is None:
-        raise FileNotFoundError(f"No SSv2 labels.json in {annotations!r}.")
-    with open(labels_path, encoding="utf-8") as f:
-        name_to_index = {name: int(i) for name, i in json.load(f).items()}
-    class_names = [""] * len(name_to_index)
-    for name, i in name_to_index.items():
-        class_names[i] = name
-    lower = {name.lower(): i for name, i in name_to_index.items()}
-    index = _index_videos(root)
-    catalog = Catalog(class_names, {})
-    for split in ("train", "validation"):
-        path = find(split)
-        if path is None:
-            continue
-        with open(path, encoding="utf-8") as f:
-            entries = json.load(f)
-        items = []
-        for entry in entries:
-            video_id = str(entry["id"])
-            # The class is the template without the placeholder brackets.
-            name = entry["template"].replace("[", "").replace("]", "")
-            label = name_to_index.get(name, lower.get(name.lower()))
-            video_path = index.get(video_id) or os.path.join(root, video_id + ".webm")
-            if label is None:
-                catalog.problems.append((split, video_id, video_path, f"unknown label {name!r}"))
-                continue
-            items.append(VideoItem(video_id, video_path, label))
-        catalog.splits[split] = items
-    return catalog
-
-
-def _epic_class_names(folder: str, kind: str, rows: list[dict[str, str]]) -> list[str]:
-    """Verb or noun class names: the official class CSV, else the annotations."""
-    path = os.path.join(folder, f"EPIC_100_{kind}_classes.csv")
-    names: dict[int, str] = {}
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8", newline="") as f:
-            for row in csv.DictReader(f):
-                names[int(row["id"])] = row["key"]
-    else:
-        for row in rows:
-            names.setdefault(int(row[f"{kind}_class"]), row.get(kind) or "")
-    size = max(names) + 1 if names else 0
-    return _unique_names([names.get(i) or f"{kind}_{i}" for i in range(size)])
-
-
-def _epic_catalog(root: str, annotations: str) -> Catalog:
-    train_csv = _find_file(annotations, ["EPIC_100_train.csv"], "EPIC-KITCHENS-100 train CSV")
-    folder = os.path.dirname(train_csv)
-    rows_per_split: dict[str, list[dict[str, str]]] = {}
-    for split, name in (("train", "EPIC_100_train.csv"), ("validation", "EPIC_100_validation.csv")):
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8", newline="") as f:
-                rows_per_split[split] = list(csv.DictReader(f))
-    all_rows = [row for rows in rows_per_split.values() for row in rows]
-    verb_names = _epic_class_names(folder, "verb", all_rows)
-    noun_names = _epic_class_names(folder, "noun", all_rows)
-    # Action classes: every (verb, noun) pair of the labelled annotations.
-    pairs = sorted({(int(r["verb_class"]), int(r["noun_class"])) for r in all_rows})
-    actions = {pair: i for i, pair in enumerate(pairs)}
-    class_names = _unique_names([f"{verb_names[v]} {noun_names[n]}" for v, n in pairs])
-    index: dict[str, str] | None = None
-    catalog = Catalog(class_names, {}, verb_names, noun_names)
-    for split, rows in rows_per_split.items():
-        items = []
-        for row in rows:
-            participant, video = row["participant_id"], row["video_id"]
-            path = os.path.join(root, participant, "videos", video + ".MP4")
-            if not os.path.isfile(path):
-                if index is None:  # Other layouts (lower-case, flat): look the stem up.
-                    index = _index_videos(root)
-                path = index.get(video, path)
-            verb, noun = int(row["verb_class"]), int(row["noun_class"])
-            items.append(
-                VideoItem(
-                    row["narration_id"],
-                    path,
-                    actions[(verb, noun)],
-                    start=parse_timestamp(row["start_timestamp"]),
-                    stop=parse_timestamp(row["stop_timestamp"]),
-                    verb=verb,
-                    noun=noun,
-                )
-            )
-        catalog.splits[split] = items
-    return catalog
-
-
-def _videos_under(root: str, folder: str) -> list[str]:
-    """Paths (relative to ``root``, with ``/``) of every video file under ``root/folder``."""
-    rels = []
-    for dirpath, dirnames, filenames in os.walk(os.path.join(root, folder)):
-        dirnames.sort()
-        rels += [
-            os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/")
-            for f in sorted(filenames)
-            if _is_video(f)
-        ]
-    return rels
-
-
-def _generic_catalog(root: str, annotations: str, seed: int) -> Catalog:
-    folders = sorted(
-        d
-        for d in os.listdir(root)
-        if os.path.isdir(os.path.join(root, d)) and not d.startswith(".")
-    )
-    videos = {d: _videos_under(root, d) for d in folders}
-    # A folder without any video file (split lists, notes, an emptied class) is no class.
-    class_names = [d for d in folders if videos[d]]
-    not_classes = [d for d in folders if not videos[d]]
-    if not_classes:
-        logging.warning(
-            "video_folder: %d sub-folder(s) of %s hold no video file and are not classes: %s",
-            len(not_classes),
-            root,
-            ", ".join(not_classes),
-        )
-    if not class_names:
-        raise FileNotFoundError(
-            f"No class folder with a video file ({', '.join(VIDEO_EXTENSIONS)}) in {root!r}: "
-            "the generic layout is root/<class>/<video>."
-        )
-    labels = {name: i for i, name in enumerate(class_names)}
-    catalog = Catalog(class_names, {})
-    lists = {}
-    for split, names in (
-        ("train", ["train.txt"]),
-        ("validation", ["validation.txt", "val.txt"]),
-        ("test", ["test.txt"]),
-    ):
-        for name in names:
-            if os.path.isfile(os.path.join(annotations, name)):
-                lists[split] = os.path.join(annotations, name)
-                break
-    if lists:
-        for split, list_path in lists.items():
-            items = []
-            for line in _read_lines(list_path):
-                rel = line.replace("\\", "/")
-                parts = rel.rsplit(maxsplit=1)
-                # Allow a trailing label column ("path 3"); paths may hold spaces.
-                if len(parts) == 2 and parts[1].lstrip("-").isdigit() and _is_video(parts[0]):
-                    rel = parts[0]
-                cls = rel.split("/")[0]
-                path = os.path.join(root, rel)
-                if cls not in labels:
-                    catalog.problems.append((split, _strip_ext(rel), path, "unknown class"))
-                    continue
-                items.append(VideoItem(_strip_ext(rel), path, labels[cls]))
-            catalog.splits[split] = items
-        return catalog
-    # No split lists: a seeded 80/20 split of each class.
-    rng = np.random.default_rng(seed)
-    catalog.splits = {"train": [], "test": []}
-    for label, cls in enumerate(class_names):
-        rels = videos[cls]
-        order = rng.permutation(len(rels))
-        num_test = round(0.2 * len(rels)) if len(rels) >= 5 else (1 if len(rels) >= 2 else 0)
-        for rank, i in enumerate(order):
-            item = VideoItem(_strip_ext(rels[i]), os.path.join(root, rels[i]), label)
-            catalog.splits["test" if rank < num_test else "train"].append(item)
-    for items in catalog.splits.values():
-        items.sort(key=lambda item: item.video_id)
-    return catalog
-
-
-def read_catalog(
-    layout: str, root: str, annotations: str = "", split: int = 1, seed: int = 0
-) -> Catalog:
-    """Reads a layout's annotations into classes and per-split videos.
-
-    Args:
-      layout: One of `LAYOUTS`.
-      root: Folder holding the videos.
-      annotations: Folder (or Kinetics CSV file) with the annotations; "" = root.
-      split: Official split number (UCF101 and HMDB51: 1-3).
-      seed: Seed of the generic layout's 80/20 split when it has no lists.
-
-    Returns:
-      The catalog.
-    """
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"data.folder.root {root!r}: no such folder of videos")
-    annotations = annotations or root
-    if layout == "ucf101":
-        return _ucf101_catalog(root, annotations, split)
-    if layout == "hmdb51":
-        return _hmdb51_catalog(root, annotations, split)
-    if layout == "kinetics400":
-        return _kinetics_catalog(root, annotations)
-    if layout == "ssv2":
-        return _ssv2_catalog(root, annotations)
-    if layout == "epic_kitchens100":
-        return _epic_catalog(root, annotations)
-    if layout == "generic":
-        return _generic_catalog(root, annotations, seed)
-    raise ValueError(f"Unknown video_folder layout {layout!r}; expected one of {LAYOUTS}.")
-
-
-def balanced_subset(items: Sequence[VideoItem], size: int, seed: int) -> list[VideoItem]:
-    """A seeded class-balanced subset of `size` videos.
-
-    Classes take turns (in a seeded order) giving one video each (in a seeded
-    order) until `size` are chosen, so class counts differ by at most one
-    except where a class runs out of videos.
-
-    Args:
-      items: The videos to choose from.
-      size: Number of videos wanted; all are returned if there are fewer.
-      seed: Seed of the choice.
-
-    Returns:
-      The chosen videos, sorted by video_id.
-    """
-    if size <= 0 or size >= len(items):
-        return sorted(items, key=lambda item: item.video_id)
-    rng = np.random.default_rng(seed)
-    by_class: dict[int, list[VideoItem]] = collections.defaultdict(list)
-    for item in sorted(items, key=lambda item: item.video_id):
-        by_class[item.label].append(item)
-    queues = {
-        label: collections.deque(group[i] for i in rng.permutation(len(group)))
-        for label, group in by_class.items()
-    }
-    order = [sorted(queues)[i] for i in rng.permutation(len(queues))]
-    chosen: list[VideoItem] = []
-    while len(chosen) < size:
-        for label in order:
-            if queues[label] and len(chosen) < size:
-                chosen.append(queues[label].popleft())
-    return sorted(chosen, key=lambda item: item.video_id)
 
 
 # ------------------------------------------------------------------- builder
@@ -929,7 +203,7 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
         self._on_video = on_video
         self._catalog_cache: Catalog | None = None
         self._skipped: list[dict[str, str]] = []
-        self._pool = _DecoderPool(0)
+        self._pool = decode.DecoderPool(0)
         super().__init__(config=config, **kwargs)
 
     def _catalog(self) -> Catalog:
@@ -1025,7 +299,7 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split: str, items: list[VideoItem]):
         cfg = self.builder_config
         tasks = [
-            _DecodeTask(
+            decode.DecodeTask(
                 item.path,
                 item.start,
                 item.stop,
@@ -1039,7 +313,9 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
         is_epic = cfg.layout == "epic_kitchens100"
         skipped = 0
         with tqdm.tqdm(total=len(items), desc=f"Decoding {split}", unit="video") as bar:
-            for index, (frames, rate, reason) in self._pool.map_unordered(_decode_task, tasks):
+            for index, (frames, rate, reason) in self._pool.map_unordered(
+                decode.decode_task, tasks
+            ):
                 item = items[index]
                 bar.update(1)
                 if reason is not None:
@@ -1069,7 +345,7 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
                 yield item.video_id, example
 
     def _download_and_prepare(self, dl_manager, download_config=None) -> None:
-        self._pool = _DecoderPool(self._num_workers)
+        self._pool = decode.DecoderPool(self._num_workers)
         try:
             super()._download_and_prepare(dl_manager, download_config=download_config)
         finally:
