@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from clu import metric_writers
 
@@ -66,8 +65,8 @@ def encode(backbone, head, params, batch_stats, views, *, train: bool, rng):
     b, v = views.shape[:2]
     clips = views.reshape((b * v,) + views.shape[2:])
     rngs = {"dropout": rng}
-    bvars = train_step._variables(params["backbone"], batch_stats["backbone"])
-    hvars = train_step._variables(params["head"], batch_stats["head"])
+    bvars = train_step.model_variables(params["backbone"], batch_stats["backbone"])
+    hvars = train_step.model_variables(params["head"], batch_stats["head"])
     if train:
         (_, feats), bmut = backbone.apply(
             bvars, clips, train=True, mutable=["batch_stats"], rngs=rngs
@@ -157,8 +156,7 @@ def make_pretrain_step(*, backbone, head, task, pretext_cfg, tx, schedule, rng):
         del unused
         step_rng = jax.random.fold_in(rng, state.step)
         (loss, (metrics, stats, enqueue)), grads = grad_fn(state.params, state, batch, step_rng)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params, opt_state = train_step.optimizer_update(tx, grads, state.opt_state, state.params)
         ema, queue, ptr = state.ema, state.queue, state.queue_ptr
         if task.momentum_encoder:
             ema = jax.tree_util.tree_map(
@@ -166,8 +164,6 @@ def make_pretrain_step(*, backbone, head, task, pretext_cfg, tx, schedule, rng):
             )
             queue = jax.lax.dynamic_update_slice(queue, enqueue.astype(queue.dtype), (ptr, 0))
             ptr = (ptr + enqueue.shape[0]) % queue.shape[0]
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         new_state = PretrainState(
             step=state.step + 1,
             params=params,
@@ -177,12 +173,8 @@ def make_pretrain_step(*, backbone, head, task, pretext_cfg, tx, schedule, rng):
             queue=queue,
             queue_ptr=ptr,
         )
-        new_state = jax.tree_util.tree_map(
-            lambda new, old: jnp.where(finite, new, old), new_state, state
-        )
-        metrics = dict(metrics, loss=loss, grad_norm=grad_norm, finite=finite)
-        metrics["learning_rate"] = schedule(state.step)
-        return new_state, metrics
+        new_state, guard = train_step.keep_if_finite(new_state, state, loss, grads)
+        return new_state, dict(metrics, **guard, loss=loss, learning_rate=schedule(state.step))
 
     return step
 
@@ -328,7 +320,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     manager.close()
 
     # ------------------------------------------------------------ export, eval
-    variables = train_step._variables(state.params["backbone"], state.batch_stats["backbone"])
+    variables = train_step.model_variables(state.params["backbone"], state.batch_stats["backbone"])
     meta = train.model_metadata(config, spec, info.num_classes)
     meta.update(
         stage=name,

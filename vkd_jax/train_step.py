@@ -71,7 +71,26 @@ def make_optimizer(optim_cfg: Any, num_steps: int) -> tuple[optax.GradientTransf
     return optax.chain(*parts), schedule
 
 
-def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+def optimizer_update(tx, grads, opt_state, params):
+    """``(new params, new optimizer state)`` of one ``tx`` update."""
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def keep_if_finite(new_state, old_state, loss, grads):
+    """``(state, metrics)``: ``new_state`` if the loss and the gradients are finite, else
+    ``old_state`` (nothing non-finite is ever stored; the loop stops on ``finite``).
+
+    Every training step (supervised, distillation, pretext) ends with this, so the
+    non-finite guard is one piece of code. ``metrics`` holds ``finite`` and ``grad_norm``.
+    """
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    state = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new_state, old_state)
+    return state, {"finite": finite, "grad_norm": grad_norm}
+
+
+def model_variables(params: Any, batch_stats: Any) -> dict[str, Any]:
     out = {"params": params}
     if batch_stats:
         out["batch_stats"] = batch_stats
@@ -139,7 +158,7 @@ def make_train_step(
 
     def loss_fn(params, batch_stats, teacher_vars, video, labels, step_rng):
         (logits, features), mutated = student.apply(
-            _variables(params["student"], batch_stats),
+            model_variables(params["student"], batch_stats),
             video,
             train=True,
             mutable=["batch_stats"],
@@ -193,19 +212,11 @@ def make_train_step(
             metrics = jax.tree_util.tree_map(jnp.mean, metrics)
             loss = metrics["loss"]
 
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        params, opt_state = optimizer_update(tx, grads, state.opt_state, state.params)
         new_state = TrainState(
             step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
         )
-        # Keep the old state on a non-finite step: nothing non-finite is ever stored.
-        new_state = jax.tree_util.tree_map(
-            lambda new, old: jnp.where(finite, new, old), new_state, state
-        )
-        metrics = dict(metrics)
-        metrics.update(grad_norm=grad_norm, learning_rate=schedule(state.step), finite=finite)
-        return new_state, metrics
+        new_state, guard = keep_if_finite(new_state, state, loss, grads)
+        return new_state, dict(metrics, **guard, learning_rate=schedule(state.step))
 
     return step
