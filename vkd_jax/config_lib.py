@@ -151,17 +151,16 @@ def _get(config, dotted: str):
     return config
 
 
+def _undeclared(keys, schema: set[str]) -> list[str]:
+    """The keys neither in the schema nor in a free or optional section."""
+    free = _FREE_SECTIONS + _OPTIONAL_SECTIONS
+    return [k for k in keys if k not in schema and k.split(".")[0] not in free]
+
+
 def unknown_override_keys(argv) -> list[str]:
     """Keys of ``--config.<key>=...`` arguments that the schema does not declare."""
-    schema = set(_flat_keys(default_config()))
-    unknown = []
-    for arg in argv:
-        if arg.startswith("--config."):
-            key = arg[len("--config.") :].split("=", 1)[0]
-            top = key.split(".")[0]
-            if key not in schema and top not in _FREE_SECTIONS + _OPTIONAL_SECTIONS:
-                unknown.append(key)
-    return unknown
+    keys = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    return _undeclared(keys, set(_flat_keys(default_config())))
 
 
 def _is_teacher_checkpoint(key: str) -> bool:
@@ -173,16 +172,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError (a ValueError) naming the first unknown key or bad value."""
     if config.get("mode") not in MODES:
         raise ConfigError(f"Unknown mode {config.get('mode')!r}; known modes: {', '.join(MODES)}")
-    schema = set(_flat_keys(default_config()))
-    for key in _flat_keys(config):
-        top = key.split(".")[0]
-        if top in _FREE_SECTIONS or top in _OPTIONAL_SECTIONS:
-            continue
-        if key not in schema:
-            raise ConfigError(
-                f"Unknown config key {key!r} (not declared in configs/default.py); "
-                "check its spelling"
-            )
+    unknown = _undeclared(_flat_keys(config), set(_flat_keys(default_config())))
+    if unknown:
+        raise ConfigError(
+            f"Unknown config key {unknown[0]!r} (not declared in configs/default.py); "
+            "check its spelling"
+        )
     missing = [
         key
         for key in _flat_keys(config)
