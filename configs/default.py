@@ -41,7 +41,8 @@ def model_spec(
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    # data | train | distill | evaluate | experiment | ablation | cka | pretrain | probe
+    # data | train | distill | evaluate | experiment | ablation | cka | pretrain | probe |
+    # ensemble (configs/ensembles/)
     c.mode = "experiment"
     c.seed = 0  # Seeds parameters, data order, augmentation and dropout.
 
@@ -106,6 +107,9 @@ def get_config() -> ml_collections.ConfigDict:
     lo.kd_teachers = ("cnn", "vit")  # Teachers whose logits form the soft target.
     lo.temperature = 4.0  # Softmax temperature T of the distillation (loss scaled by T^2).
     lo.teacher_weighting = "datw"  # datw (adaptive per sample) | uniform (ablation baseline).
+    # What the kd_teachers' weights average: logits (softmax(sum_k w_k z_k / T), DESIGN.md's
+    # DATW target) | probs (sum_k w_k softmax(z_k / T), the teacher-ensemble study's setting).
+    lo.ensemble_space = "logits"
     lo.datw = ml_collections.ConfigDict()
     lo.datw.confidence_weight = 1.0  # a in e_k = a * c_k + b * d_k.
     lo.datw.discrepancy_weight = 1.0  # b in e_k = a * c_k + b * d_k.

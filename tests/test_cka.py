@@ -413,3 +413,49 @@ def test_update_on_sharded_minibatch():
         [sys.executable, "-c", _SHARDED], env=env, cwd=root, capture_output=True, text=True
     )
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+# --------------------------------------------------------------------- block structure score
+
+
+def _decaying_map(n, rate=0.5):
+    """No blocks: similarity falls off with layer distance, as in a network without them."""
+    d = np.abs(np.arange(n)[:, None] - np.arange(n)[None, :])
+    return np.exp(-rate * d)
+
+
+def _block_map(n, block, inside=0.97):
+    """A decaying map with one block of near-identical layers [block[0], block[1])."""
+    m = _decaying_map(n)
+    lo, hi = block
+    m[lo:hi, lo:hi] = inside
+    np.fill_diagonal(m, 1.0)
+    return m
+
+
+def test_block_score_is_zero_without_blocks_and_counts_distant_alike_pairs():
+    assert cka.block_structure_score(_decaying_map(8)) == 0.0
+    assert cka.largest_block(_decaying_map(8)) == 1
+    assert cka.block_structure_score(np.ones((6, 6))) == 1.0
+    assert cka.largest_block(np.ones((6, 6))) == 6
+    # One block over layers 2..6 of 10 (5 layers): pairs >= 2 apart inside it: 3 + 2 + 1 = 6
+    # of the C(10,2) - 9 = 36 pairs >= 2 apart.
+    m = _block_map(10, (2, 7))
+    assert cka.block_structure_score(m) == pytest.approx(6 / 36)
+    assert cka.largest_block(m) == 5
+    # A bigger block scores higher; a block below the threshold does not count.
+    assert cka.block_structure_score(_block_map(10, (1, 9))) > cka.block_structure_score(m)
+    assert cka.block_structure_score(_block_map(10, (2, 7), inside=0.7)) == 0.0
+    assert cka.largest_block(_block_map(10, (2, 7), inside=0.7)) == 1
+
+
+def test_block_score_reads_both_triangles_and_rejects_bad_maps():
+    m = _block_map(6, (0, 6))
+    m[0, 5] = 0.1  # One triangle of a slightly asymmetric streaming estimate disagrees.
+    assert cka.block_structure_score(m) < 1.0
+    assert cka.largest_block(m) == 5
+    assert np.isnan(cka.block_structure_score(np.ones((2, 2))))
+    with pytest.raises(ValueError, match="square"):
+        cka.block_structure_score(np.ones((3, 4)))
+    with pytest.raises(ValueError, match="min_gap"):
+        cka.block_structure_score(np.ones((3, 3)), min_gap=0)

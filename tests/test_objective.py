@@ -266,3 +266,38 @@ def test_bfloat16_inputs_give_float32_and_missing_pieces_raise():
         _total(_cfg())  # SDD on, but no head outputs given
     with pytest.raises(ValueError):
         _total(_cfg(**dict(SCRATCH, kd_weight=1.0), teacher_weighting="max"))
+
+
+def test_kd_term_averages_probabilities_of_any_number_of_teachers():
+    """ensemble_space="probs": T^2 KL(mean_k softmax(z_k / T) || softmax(s / T)), K = 3."""
+    labels, (logits, feats), teachers = _outputs()
+    teachers = dict(teachers, third=(_rand(12, (B, C)), {}))
+    names = ("cnn", "vit", "third")
+    kd_only = dict(SCRATCH, kd_weight=1.0, ce_weight=0.0, kd_teachers=names)
+    t = 4.0
+    z = np.stack([np.asarray(teachers[n][0]) for n in names]) / t
+    q = np.exp(np.stack([_np_log_softmax(zk) for zk in z])).mean(0)
+    log_s = _np_log_softmax(np.asarray(logits) / t)
+    expect = (t**2 * (q * (np.log(q) - log_s)).sum(-1)).mean()
+    for space, differs in (("probs", False), ("logits", True)):
+        cfg = _cfg(**kd_only, teacher_weighting="uniform", ensemble_space=space)
+        total, metrics = objective.total_loss(
+            cfg,
+            labels=labels,
+            student_logits=logits,
+            student_features=feats,
+            teacher_outputs=teachers,
+            head_outputs={},
+        )
+        assert np.isclose(float(total), expect, rtol=1e-5) != differs, space
+        for n in names:
+            np.testing.assert_allclose(metrics[f"datw_weight/{n}"], 1 / 3, rtol=1e-6)
+    with pytest.raises(ValueError, match="ensemble_space"):
+        objective.total_loss(
+            _cfg(**kd_only, ensemble_space="median"),
+            labels=labels,
+            student_logits=logits,
+            student_features=feats,
+            teacher_outputs=teachers,
+            head_outputs={},
+        )

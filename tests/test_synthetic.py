@@ -156,3 +156,36 @@ def test_long_config_geometry():
     geo = long.geometry
     assert (geo.num_frames, geo.height, geo.width) == (64, 32, 32)
     assert geo.motion_scale == 4.0 and geo.light_fading > 0 and geo.light_from_above > 0
+
+
+def test_other_domain_changes_the_look_not_the_actions():
+    """actor_shape, background and camera_motion (long_ood) change every clip's pixels;
+    off, the clips are exactly the base design's (their draws come only when on)."""
+    geo = synthetic.Geometry(num_frames=16, height=32, width=32, num_distractors=2)
+    base = _rendered_without(geo)
+    for change in (
+        dict(actor_shape="diamond"),
+        dict(background="checker"),
+        dict(camera_motion=0.25),
+    ):
+        other = _rendered_without(geo, **change)
+        assert other.shape == base.shape and not np.array_equal(other, base), change
+    np.testing.assert_array_equal(
+        _rendered_without(geo, actor_shape="disc", background="gratings", camera_motion=0.0), base
+    )
+    # A panning camera moves the static background: frames differ where a still camera's
+    # background pixels would not.
+    still = _rendered_without(geo, num_distractors=0)
+    panned = _rendered_without(geo, num_distractors=0, camera_motion=0.25)
+    grow = synthetic.CLASS_NAMES.index("rotate_cw")
+    motion = lambda v: np.abs(np.diff(v.astype(np.float32), axis=0)).mean()
+    assert motion(panned[grow]) > 2 * motion(still[grow])
+    with pytest.raises(ValueError, match="actor_shape"):
+        _rendered_without(geo, actor_shape="star")
+    with pytest.raises(ValueError, match="background"):
+        _rendered_without(geo, background="plaid")
+    configs = {c.name: c for c in synthetic.SyntheticActions.BUILDER_CONFIGS}
+    ood, long = configs["long_ood"].geometry, configs["long"].geometry
+    assert (ood.num_frames, ood.height, ood.width) == (long.num_frames, long.height, long.width)
+    assert (ood.motion_scale, ood.light_fading) == (long.motion_scale, long.light_fading)
+    assert configs["long_ood"].seed not in (configs["long"].seed, configs["default"].seed)

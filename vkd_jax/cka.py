@@ -588,6 +588,71 @@ def cka_self_map(
     ]
 
 
+# ----------------------------------------------------------------- block structure score
+
+
+def _check_self_map(cka_map: Any) -> np.ndarray:
+    m = np.asarray(cka_map, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"a self-CKA map is square (L, L), got shape {m.shape}")
+    return m
+
+
+def block_structure_score(cka_map: Any, *, threshold: float = 0.8, min_gap: int = 2) -> float:
+    """Share of layer pairs at least ``min_gap`` layers apart whose CKA is ``>= threshold``.
+
+    Nguyen, Raghu & Kornblith ("Do Wide and Deep Networks Learn the Same Things?",
+    ICLR 2021, Sec. 3) name *block structure* the large sets of contiguous layers
+    with near-identical representations that show up as bright squares on the
+    diagonal of a self-CKA map, and the ensemble-distillation study (seed 000,
+    Fig. 1) reads it by eye. This is the number behind that reading: in a map
+    without blocks, CKA falls off away from the diagonal and the share is 0; in a
+    map that is one block it is 1. Adjacent layers (gap < ``min_gap``) are left
+    out, since neighbouring layers are similar in every network.
+
+    Args:
+      cka_map: ``(L, L)`` self-CKA map of one model's layers in network order.
+      threshold: CKA at or above which two layers count as the same representation.
+      min_gap: least distance ``j - i`` in layers of the pairs counted (>= 1).
+
+    Returns:
+      A fraction in [0, 1]; NaN when no pair is ``min_gap`` apart (``L <= min_gap``).
+    """
+    m = _check_self_map(cka_map)
+    if min_gap < 1:
+        raise ValueError(f"min_gap must be >= 1, got {min_gap}")
+    i, j = np.triu_indices(m.shape[0], k=min_gap)
+    if i.size == 0:
+        return float("nan")
+    # Both triangles: a streaming estimate is symmetric only up to rounding.
+    pairs = np.minimum(m[i, j], m[j, i])
+    return float(np.mean(pairs >= threshold))
+
+
+def largest_block(cka_map: Any, *, threshold: float = 0.8) -> int:
+    """Layers in the largest contiguous block whose every pair has CKA ``>= threshold``.
+
+    The other reading of Nguyen et al. 2021's block structure: the side of the largest
+    bright square on the diagonal (1 when no two neighbouring layers are alike).
+
+    Args:
+      cka_map: ``(L, L)`` self-CKA map in network order.
+      threshold: as in :func:`block_structure_score`.
+
+    Returns:
+      The block's size in layers (0 for an empty map).
+    """
+    m = _check_self_map(cka_map)
+    alike = np.minimum(m, m.T) >= threshold
+    best = 0
+    for start in range(m.shape[0]):
+        end = start + 1
+        while end < m.shape[0] and alike[start : end + 1, start : end + 1].all():
+            end += 1
+        best = max(best, end - start)
+    return best
+
+
 # --------------------------------------------------------------------------- plots and JSON
 
 
@@ -605,29 +670,53 @@ def plot_cka_maps(
       path: output PNG path.
       cmap: matplotlib colormap; the color scale is [0, 1] on every panel.
     """
+    plot_cka_grid([maps], path, cmap=cmap)
+
+
+def plot_cka_grid(
+    grid: Sequence[Sequence[tuple[np.ndarray, Sequence[str], Sequence[str], str]]],
+    path: str | os.PathLike,
+    *,
+    cmap: str = "magma",
+) -> None:
+    """Writes rows of CKA map panels as one PNG (one row per ensemble, say).
+
+    Args:
+      grid: rows of panels, each panel as in :func:`plot_cka_maps`; rows may differ in length.
+      path: output PNG path.
+      cmap: matplotlib colormap; the color scale is [0, 1] on every panel.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not maps:
-        raise ValueError("plot_cka_maps needs at least one map.")
+    if not grid or not all(grid):
+        raise ValueError("plot_cka_maps needs at least one map in every row.")
+    cols = max(len(r) for r in grid)
     fig, axes = plt.subplots(
-        1, len(maps), figsize=(4.4 * len(maps) + 0.8, 4.6), squeeze=False, layout="constrained"
+        len(grid),
+        cols,
+        figsize=(4.4 * cols + 0.8, 4.6 * len(grid)),
+        squeeze=False,
+        layout="constrained",
     )
     image = None
-    for ax, (values, rows, cols, title) in zip(axes[0], maps):
-        values = np.asarray(values, dtype=np.float64)
-        if values.shape != (len(rows), len(cols)):
-            raise ValueError(
-                f"Map {title!r} is {values.shape}; labels give {len(rows)}x{len(cols)}."
-            )
-        image = ax.imshow(values, origin="lower", vmin=0.0, vmax=1.0, cmap=cmap, aspect="auto")
-        ax.set_title(title)
-        ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=7)
-        ax.set_yticks(range(len(rows)), rows, fontsize=7)
-    fig.colorbar(image, ax=axes[0].tolist(), label="CKA", shrink=0.9)
-    fig.savefig(os.fspath(path), dpi=120)
+    for ax_row, maps in zip(axes, grid):
+        for ax in ax_row[len(maps) :]:
+            ax.axis("off")
+        for ax, (values, rows, cols_, title) in zip(ax_row, maps):
+            values = np.asarray(values, dtype=np.float64)
+            if values.shape != (len(rows), len(cols_)):
+                raise ValueError(
+                    f"Map {title!r} is {values.shape}; labels give {len(rows)}x{len(cols_)}."
+                )
+            image = ax.imshow(values, origin="lower", vmin=0.0, vmax=1.0, cmap=cmap, aspect="auto")
+            ax.set_title(title, fontsize=9 if len(title) > 40 else 11)
+            ax.set_xticks(range(len(cols_)), cols_, rotation=90, fontsize=7)
+            ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="CKA", shrink=0.9)
+    fig.savefig(os.fspath(path), dpi=100 if len(grid) > 2 else 120)
     plt.close(fig)
 
 

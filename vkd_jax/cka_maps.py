@@ -37,21 +37,38 @@ def _rank(name: str) -> int:
     return _ORDER.index(name) if name in _ORDER else len(_ORDER)
 
 
-def experiment_maps(
-    config: ml_collections.ConfigDict, workdir: str, teacher_specs: dict[str, Any] | None
-) -> dict[str, Any]:
-    """Computes and writes the maps; returns ``{"self": {...}, "cross": {...}, "files": [...]}``.
+class JointMaps(dict):
+    """Model name -> ``(self map, layers, layers)``, plus the cross maps between models.
 
-    Args:
-      config: the experiment config (data, ``cka`` section).
-      workdir: the experiment workdir holding finished stages.
-      teacher_specs: teachers given by checkpoint (not trained in the workdir), or None.
+    All maps are blocks of one joint self map of every model's layers, so a cross map
+    costs nothing more.
     """
-    paths = find_models(workdir)
-    for name, spec in (teacher_specs or {}).items():
-        paths.setdefault(f"teacher_{name}", spec.checkpoint)
-    if not paths:
-        raise FileNotFoundError(f"No finished model under {workdir!r} to compute CKA maps of")
+
+    def __init__(self, values, layers: dict[str, list[str]]):
+        start, self._blocks = 0, {}
+        for name, names in layers.items():
+            self._blocks[name] = slice(start, start + len(names))
+            start += len(names)
+        self._values, self._layers = values, layers
+        super().__init__({n: self.cross(n, n) for n in layers})
+
+    def cross(self, a: str, b: str):
+        """``(map of a's layers (rows) against b's (columns), a's layers, b's layers)``."""
+        return (
+            self._values[self._blocks[a], self._blocks[b]],
+            self._layers[a],
+            self._layers[b],
+        )
+
+
+def model_self_maps(config: ml_collections.ConfigDict, paths: dict[str, str]) -> JointMaps:
+    """Layer-by-layer CKA maps of the models in ``paths`` (name -> model directory).
+
+    One pass over ``config.data.eval_split`` (first temporal view of each video, at most
+    ``config.cka.num_examples``): a self map of all models' layers together holds every
+    self and cross map as a block (the streaming estimate of each pair does not depend on
+    the others), and each model's forward runs once per batch.
+    """
     info = pipeline.dataset_info(config.data)
     mesh = sharding.make_mesh(config.mesh.data)
     modules, all_variables = {}, {}
@@ -79,15 +96,10 @@ def experiment_maps(
             # First view of each video: CKA compares representations of the same inputs.
             yield sharding.to_global({"video": b["video"][:, 0], "mask": b["mask"]}, mesh)
 
-    outdir = os.path.join(workdir, "cka")
-    os.makedirs(outdir, exist_ok=True)
     t, c = config.data.num_frames, config.data.crop_size
     sample = jax.ShapeDtypeStruct((2, t, c, c, 3), jax.numpy.float32)
     shapes = jax.eval_shape(features, all_variables, sample)
     layers = {name: cka.default_layers(shapes[name]) for name in modules}
-    # One pass over the data: a self map of all models' layers together holds every self and
-    # cross map as a block (the streaming estimate of each pair does not depend on the others),
-    # and each model's forward runs once per batch instead of once per map it appears in.
     joint = [f"{name}/{layer}" for name in modules for layer in layers[name]]
     logging.info(
         "CKA maps of %s: %d layers, one pass over the eval split", list(modules), len(joint)
@@ -101,18 +113,30 @@ def experiment_maps(
         unbiased=config.cka.unbiased,
         num_examples=config.cka.num_examples,
     )
-    start, blocks = 0, {}  # Each model's rows (and columns) of the joint map.
-    for name in modules:
-        blocks[name] = slice(start, start + len(layers[name]))
-        start += len(layers[name])
-    self_maps = {n: (values[blocks[n], blocks[n]], layers[n], layers[n]) for n in modules}
-    students = [n for n in modules if n.startswith("student")]
-    teachers = [n for n in modules if n.startswith("teacher")]
-    cross_maps = {
-        f"{s} vs {t}": (values[blocks[s], blocks[t]], layers[s], layers[t])
-        for s in students
-        for t in teachers
-    }
+    return JointMaps(values, layers)
+
+
+def experiment_maps(
+    config: ml_collections.ConfigDict, workdir: str, teacher_specs: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Computes and writes the maps; returns ``{"self": {...}, "cross": {...}, "files": [...]}``.
+
+    Args:
+      config: the experiment config (data, ``cka`` section).
+      workdir: the experiment workdir holding finished stages.
+      teacher_specs: teachers given by checkpoint (not trained in the workdir), or None.
+    """
+    paths = find_models(workdir)
+    for name, spec in (teacher_specs or {}).items():
+        paths.setdefault(f"teacher_{name}", spec.checkpoint)
+    if not paths:
+        raise FileNotFoundError(f"No finished model under {workdir!r} to compute CKA maps of")
+    outdir = os.path.join(workdir, "cka")
+    os.makedirs(outdir, exist_ok=True)
+    self_maps = model_self_maps(config, paths)
+    students = [n for n in self_maps if n.startswith("student")]
+    teachers = [n for n in self_maps if n.startswith("teacher")]
+    cross_maps = {f"{s} vs {t}": self_maps.cross(s, t) for s in students for t in teachers}
     files = []
     if jax.process_index() == 0:
         files.append(os.path.join(outdir, "self_maps.png"))

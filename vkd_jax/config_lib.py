@@ -23,6 +23,7 @@ MODES = (
     "cka",
     "pretrain",
     "probe",
+    "ensemble",
 )
 # Modes that load the teachers given by `teachers.<name>.checkpoint`; the other modes never
 # read those keys, so a recipe's required checkpoints are not required there (fine-tuning
@@ -30,8 +31,9 @@ MODES = (
 TEACHER_MODES = ("distill", "experiment", "ablation")
 # Sections whose keys are names chosen by the user (teacher names), not schema keys.
 _FREE_SECTIONS = ("teachers",)
-# Sections only some configs declare (e.g. configs/ablation.py).
-_OPTIONAL_SECTIONS = ("ablation",)
+# Sections only some configs declare (configs/ablation.py; configs/ensembles/, whose section
+# vkd_jax.ensemble.validate checks).
+_OPTIONAL_SECTIONS = ("ablation", "ensemble")
 
 
 class ConfigError(ValueError):
@@ -75,6 +77,8 @@ _CHOICES = {
     "data.eval_num_crops": (1, 3),
     "data.folder.split": (1, 2, 3),
     "pretext.complexity": (1, 2, 3),
+    "loss.teacher_weighting": ("datw", "uniform"),
+    "loss.ensemble_space": ("logits", "probs"),
 }
 
 
@@ -192,6 +196,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     _check_ranges(config)
     _check_model_dirs(config)
+    if config.mode == "ensemble":
+        from vkd_jax import ensemble
+
+        ensemble.validate(config)
     if config.mode == "pretrain":
         from vkd_jax import pretext  # Names the task's module or raises, before any compute.
 

@@ -222,7 +222,8 @@ CLAIMS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 )  # fmt: skip
 
 
-def _mean_std(values) -> tuple[float, float]:
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value), in the values' units."""
     a = np.asarray(values, np.float64)
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
@@ -242,7 +243,7 @@ def claim_verdicts(
       ``verdict``: ``holds``, ``does not hold here (difference within one std)`` or
       ``does not hold here (the opposite holds)``.
     """
-    stats = {row: _mean_std(100 * np.asarray(v)) for row, v in table.items()}
+    stats = {row: mean_std(100 * np.asarray(v)) for row, v in table.items()}
     for name, summary in teachers.items():
         stats.setdefault(name, (100 * float(summary["top1"]), 0.0))
     out = []
@@ -283,7 +284,7 @@ def ablation_markdown(config, top1, teacher_summaries, verdicts, seconds: float)
     for n, s in teacher_summaries.items():
         lines.append(f"| Teacher `{n}` ({s['model']}) | {100 * s['top1']:.1f} | 1 |")
     for variant, accs in top1.items():
-        mean, std = _mean_std(100 * np.asarray(accs))
+        mean, std = mean_std(100 * np.asarray(accs))
         lines.append(f"| {ABLATION_TITLES[variant]} | {mean:.1f} ± {std:.1f} | {len(accs)} |")
     if verdicts:
         lines += ["", "| Claim of the paper | Difference (points) | Verdict here |"]

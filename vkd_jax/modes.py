@@ -25,6 +25,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Any:
         "cka": run_cka,
         "pretrain": run_pretrain,
         "probe": run_probe,
+        "ensemble": run_ensemble,
     }[config.mode](config, workdir)
 
 
@@ -124,6 +125,13 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     from vkd_jax import probe
 
     return probe.run(config, workdir)
+
+
+def run_ensemble(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """One teacher-ensemble analysis of ``configs/ensembles/`` (``config.ensemble``)."""
+    from vkd_jax import ensemble
+
+    return ensemble.run(config, workdir)
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

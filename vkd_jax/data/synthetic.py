@@ -58,7 +58,9 @@ Resolution and clip length come from the builder config: `tiny` (8 frames of
 4800 / 600 / 600 train / validation / test clips, built in 34 s on two CPU cores) and
 `long` (64 frames of 32x32, same split sizes, other clips: drawn from another seed, lit
 from above, moving as far per frame as in `default`), the pretraining data of the
-self-supervised pretext tasks (docs/pretext.md).
+self-supervised pretext tasks (docs/pretext.md), and `long_ood` (`long` in another visual
+domain: diamonds, checkerboard backgrounds, more distractors, a panning camera), the
+out-of-distribution pretraining data of docs/ensembles.md.
 Videos are stored as zlib-compressed uint8 tensors (faster to write and read than per-frame PNG).
 Each example also carries `id`, its index within the split.
 """
@@ -116,6 +118,12 @@ class Geometry:
         have (things fall, people walk forwards) and the base design deliberately lacks
         (its class pairs are time reversals). Without one, no pooled feature orders two
         clips of a video and VCOP has nothing to learn (measured: chance).
+      actor_shape: "disc" or "diamond" (the two round actors drawn as squares turned by
+        45 degrees, of the same area): another look for the same actions (`long_ood`).
+      background: "gratings" (colour gratings) or "checker" (the gratings under a
+        coarse random checkerboard and per-pixel noise, both static).
+      camera_motion: How far a panning camera moves over the clip, in frame sizes (0: a
+        still camera). The whole frame shifts (on the torus) in a random direction.
     """
 
     num_frames: int
@@ -125,6 +133,9 @@ class Geometry:
     light_from_above: float = 0.0
     motion_scale: float = 1.0
     light_fading: float = 0.0
+    actor_shape: str = "disc"
+    background: str = "gratings"
+    camera_motion: float = 0.0
 
 
 def _bright_colours(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -151,6 +162,17 @@ def _background(rng: np.random.Generator, n: int, geo: Geometry) -> np.ndarray:
         # Drawn after the gratings, so the clips of configs without light are unchanged.
         step = rng.uniform(0.5, 1.0, (n, 1, 1, 1)) * geo.light_from_above
         bg = bg + (step * (0.5 - y)[None, :, :, None]).astype(np.float32)
+    if geo.background == "checker":
+        # Cells of 4 or 8 pixels (a divisor of the frame keeps the torus seamless), a random
+        # contrast and colour, and static per-pixel noise.
+        cell = rng.choice([4, 8], (n, 1, 1))
+        yi, xi = np.arange(geo.height)[:, None], np.arange(geo.width)[None, :]
+        checker = ((yi // cell + xi // cell) % 2).astype(np.float32) - 0.5
+        amp = rng.uniform(0.08, 0.16, (n, 1, 1, 3))
+        noise = rng.normal(0.0, 0.03, (n, geo.height, geo.width, 1))
+        bg = bg + (checker[..., None] * amp + noise).astype(np.float32)
+    elif geo.background != "gratings":
+        raise ValueError(f"background must be gratings or checker, got {geo.background!r}")
     return bg
 
 
@@ -281,9 +303,14 @@ def generate_clips(labels: np.ndarray, geo: Geometry, rng: np.random.Generator) 
         bar_w / 2 - np.abs(across)
     )
     _composite(frames, bar_alpha, col_bar)
+    if geo.actor_shape not in ("disc", "diamond"):
+        raise ValueError(f"actor_shape must be disc or diamond, got {geo.actor_shape!r}")
     for j in range(2):
         dx, dy = grid(centres[:, j])
-        dist = np.sqrt(dx * dx + dy * dy)
+        if geo.actor_shape == "disc":
+            dist = np.sqrt(dx * dx + dy * dy)
+        else:  # An L1 ball of the disc's area: pi r^2 = 2 r'^2.
+            dist = (np.abs(dx) + np.abs(dy)) / np.sqrt(np.pi / 2)
         _composite(frames, ramp(radii[:, j][..., None, None] - dist), col_disc[:, j])
 
     # Reversed classes: the same distribution played backwards (identical frame sets).
@@ -294,6 +321,15 @@ def generate_clips(labels: np.ndarray, geo: Geometry, rng: np.random.Generator) 
         # clips of configs without fading are unchanged.
         fade = uniform(0.5, 1.0) * geo.light_fading
         frames *= (1.0 - fade[:, None] * (tau + 0.5))[:, :, None, None, None]
+    if geo.camera_motion > 0:
+        # A panning camera: every frame shifts by whole pixels along a random direction
+        # (drawn after everything else, so configs without a camera are unchanged).
+        pan = unit(uniform(0, 2 * np.pi)) * (uniform(0.5, 1.0) * geo.camera_motion * s)[:, None]
+        shift = np.round(pan[:, None, :] * tau[..., None]).astype(np.int64)  # (n, T, 2)
+        rows = (np.arange(h)[None, None, :] - shift[..., 1:2]) % h  # (n, T, H)
+        cols = (np.arange(w)[None, None, :] - shift[..., 0:1]) % w  # (n, T, W)
+        ni, ti = np.arange(n)[:, None, None, None], np.arange(t_len)[None, :, None, None]
+        frames = frames[ni, ti, rows[..., :, None], cols[..., None, :]]
     return np.round(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
@@ -343,12 +379,24 @@ class SyntheticActionsConfig(tfds.core.BuilderConfig):
         light_from_above: float = 0.0,
         motion_scale: float = 1.0,
         light_fading: float = 0.0,
+        actor_shape: str = "disc",
+        background: str = "gratings",
+        camera_motion: float = 0.0,
         seed: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.geometry = Geometry(
-            num_frames, height, width, num_distractors, light_from_above, motion_scale, light_fading
+            num_frames,
+            height,
+            width,
+            num_distractors,
+            light_from_above,
+            motion_scale,
+            light_fading,
+            actor_shape,
+            background,
+            camera_motion,
         )
         self.num_train = num_train
         self.num_validation = num_validation
@@ -362,7 +410,7 @@ class SyntheticActions(tfds.core.GeneratorBasedBuilder):
     See the module docstring of `vkd_jax.data.synthetic` for the classes and their design.
     """
 
-    VERSION = tfds.core.Version("1.2.0")
+    VERSION = tfds.core.Version("1.3.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release: 12 classes.",
         "1.1.0": "A validation split (for tuning; the test split is for reporting only); "
@@ -370,6 +418,8 @@ class SyntheticActions(tfds.core.GeneratorBasedBuilder):
         "1.2.0": "`long` moves at `default`'s per-frame speeds (motion_scale 4); its clips "
         "in 1.1.0 moved 4x slower per frame, below a pixel per frame at 32x32. `tiny` and "
         "`default` are unchanged.",
+        "1.3.0": "The `long_ood` config (another visual domain for out-of-distribution "
+        "teachers). The clips of `tiny`, `default` and `long` are unchanged.",
     }
     BUILDER_CONFIGS = [
         SyntheticActionsConfig(
@@ -419,6 +469,31 @@ class SyntheticActions(tfds.core.GeneratorBasedBuilder):
             motion_scale=4.0,
             light_fading=0.5,
             seed=1,
+        ),
+        SyntheticActionsConfig(
+            name="long_ood",
+            description=(
+                "Out-of-distribution pretraining data: `long`'s 12 actions, geometry, light "
+                "and speeds in another visual domain: the round actors are diamonds, the "
+                "background a coarse checkerboard with pixel noise over the gratings, five "
+                "distractors instead of three, and a camera that pans by a quarter of the "
+                "frame over each clip; other clips (seed 2). 4800 train / 600 validation / "
+                "600 test clips."
+            ),
+            num_frames=64,
+            height=32,
+            width=32,
+            num_train=4800,
+            num_validation=600,
+            num_test=600,
+            num_distractors=5,
+            light_from_above=0.3,
+            motion_scale=4.0,
+            light_fading=0.5,
+            actor_shape="diamond",
+            background="checker",
+            camera_motion=0.25,
+            seed=2,
         ),
     ]
     DEFAULT_CONFIG_NAME = "default"

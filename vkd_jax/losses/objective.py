@@ -4,7 +4,11 @@
     + rkd_distance_weight RKD-D + rkd_angle_weight RKD-A + feature_kd_weight FitNets``
 
 where KD is DATW (``teacher_weighting="datw"``, ``losses.datw``) or KD against
-the uniform mean of the ``kd_teachers`` logits (``"uniform"``). A term whose
+the uniform mean of the ``kd_teachers`` (``"uniform"``), for any number of
+teachers. ``ensemble_space`` says what is averaged: the logits (``"logits"``,
+DESIGN.md's DATW target ``softmax(sum_k w_k z_k / T)``) or the softened
+probabilities (``"probs"``, ``sum_k w_k softmax(z_k / T)``, the teacher-ensemble
+study's setting). A term whose
 weight is 0 is not computed at all, and its teachers and heads are not needed,
 so every ablation (scratch, single-teacher KD, uniform dual teacher, +DATW,
 +SDD, +RKD) is a config override. This is the only module of ``losses`` that
@@ -37,6 +41,7 @@ Features = Mapping[str, Array]
 LAST_STAGE = "last_stage"
 _STAGE_RE = re.compile(r"^stage(\d+)$")
 _WEIGHTINGS = ("datw", "uniform")
+_SPACES = ("logits", "probs")
 
 # Keys of DistillationHeads' outputs.
 SDD_RESIDUAL = "sdd_residual"
@@ -256,12 +261,16 @@ def total_loss(
         adaptive = cfg.teacher_weighting == "datw"
         if not adaptive:
             w = jnp.full((stack.shape[1], len(names)), 1.0 / len(names), jnp.float32)
-        target = kd.ensemble_targets(stack, weights=w, space="logits")
-        add(
-            "kd",
-            cfg.kd_weight,
-            jnp.mean(kd.kd_loss(student_logits, target, temperature=cfg.temperature)),
+        if cfg.ensemble_space not in _SPACES:
+            raise ValueError(f"ensemble_space must be one of {_SPACES}, got {cfg.ensemble_space!r}")
+        target = kd.ensemble_targets(
+            stack, weights=w, space=cfg.ensemble_space, temperature=cfg.temperature
         )
+        if cfg.ensemble_space == "probs":
+            value = kd.kd_loss_from_probs(student_logits, target, temperature=cfg.temperature)
+        else:
+            value = kd.kd_loss(student_logits, target, temperature=cfg.temperature)
+        add("kd", cfg.kd_weight, jnp.mean(value))
         for k, n in enumerate(names):
             metrics[f"datw_weight/{n}"] = jnp.mean(w[:, k])
             metrics[f"datw_confidence/{n}"] = jnp.mean(conf[:, k])
