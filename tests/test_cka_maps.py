@@ -67,6 +67,7 @@ def test_joint_pass_equals_separate_maps(workdir):
         np.testing.assert_allclose(result["self"][stage], alone, atol=1e-5)
         # Every layer against itself: CKA 1 (unbiased estimator, up to float error).
         assert np.allclose(np.diag(alone), 1.0, atol=1e-5)
+        assert result["block_scores"][stage] == cka.block_structure_score(result["self"][stage])
     alone = cka.cka_map(apply("student_scratch"), apply("teacher_vit"), batches(), **kw)
     got = np.asarray(result["cross"]["student_scratch vs teacher_vit"])
     assert got.shape == alone.shape

@@ -152,31 +152,40 @@ def test_ensemble_runs_the_chain_shares_teachers_resumes_and_guards_them(tiny_da
 
     rotnet = common.teacher("x3d/mini", "rotnet", 1)
     scratch = common.teacher("x3d/mini", "none")
+    # K = 3; the same teacher under two names is trained once (as across rows).
     c = _tiny_ensemble(
         tiny_data_dir,
-        pair=common.row("RotNet + none", "x3d/mini", rotnet=rotnet, plain=scratch),
-        # The same two teachers under other names: trained once, for both rows.
-        same=common.row("Same pair", "x3d/mini", a=ml_collections.ConfigDict(scratch.to_dict()),
-                        b=ml_collections.ConfigDict(rotnet.to_dict())),
+        pair=common.row(
+            "RotNet + none", "x3d/mini", rotnet=rotnet, plain=scratch,
+            rotnet_copy=ml_collections.ConfigDict(rotnet.to_dict()),
+        ),
     )  # fmt: skip
     c.loss.teacher_weighting = "datw"  # Per-teacher weights are logged and tabled.
+    c.ensemble.student_split = "train[:50%]"  # Students get half of the teachers' labels.
     workdir = str(tmp_path / "ens")
     results = modes.run(c, workdir)
     assert sorted(os.listdir(os.path.join(workdir, "teachers"))) == sorted(
         ensemble.teacher_key(t) for t in (rotnet, scratch)
     )
-    assert [r["row"] for r in results["rows"]] == ["pair", "same"]
+    assert [r["row"] for r in results["rows"]] == ["pair"]
     pair = results["rows"][0]
-    assert list(pair["teachers"]) == ["plain", "rotnet"]
+    assert list(pair["teachers"]) == ["plain", "rotnet", "rotnet_copy"]
     assert 0.0 <= pair["teachers"]["rotnet"]["pretext_accuracy"] <= 1.0
     assert "pretext_accuracy" not in pair["teachers"]["plain"]  # No pretraining.
     assert len(pair["student_top1"]) == len(pair["scratch_top1"]) == 1
+    for stage, split in (
+        ("students/pair_seed0", "train[:50%]"),
+        ("students/scratch_x3d-mini_seed0", "train[:50%]"),
+        (f"teachers/{ensemble.teacher_key(rotnet)}/finetune", "train"),
+    ):
+        with open(os.path.join(workdir, stage, "eval.json")) as f:
+            assert json.load(f)["train_split"] == split, stage  # fmt: skip
     weights = pair["teacher_weights"]
-    assert set(weights) == {"plain", "rotnet"} and sum(weights.values()) == pytest.approx(1.0)
+    assert set(weights) == set(pair["teachers"]) and sum(weights.values()) == pytest.approx(1.0)
     for name in ("plain", "rotnet", "student", "scratch"):
         assert 0.0 <= pair["cka"][name]["block_score"] <= 1.0
     for f in ("task_categories.md", "task_categories.json", "task_categories_cka.png",
-              "cka/pair.png", "cka/same.json"):  # fmt: skip
+              "cka/pair.png", "cka/pair.json"):  # fmt: skip
         assert os.path.isfile(os.path.join(workdir, f)), f
     with open(os.path.join(workdir, "task_categories.md")) as f:
         table = f.read()

@@ -119,7 +119,7 @@ def model_self_maps(config: ml_collections.ConfigDict, paths: dict[str, str]) ->
 def experiment_maps(
     config: ml_collections.ConfigDict, workdir: str, teacher_specs: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """Computes and writes the maps; returns ``{"self": {...}, "cross": {...}, "files": [...]}``.
+    """Computes and writes the maps; returns ``{"self", "cross", "block_scores", "files"}``.
 
     Args:
       config: the experiment config (data, ``cka`` section).
@@ -150,6 +150,8 @@ def experiment_maps(
         )
     return {
         "self": {n: v.tolist() for n, (v, _, _) in self_maps.items()},
+        # Block structure of each model (vkd_jax.cka.block_structure_score, defaults).
+        "block_scores": {n: cka.block_structure_score(v) for n, (v, _, _) in self_maps.items()},
         "cross": {n: v.tolist() for n, (v, _, _) in cross_maps.items()},
         "files": files,
     }

@@ -16,7 +16,9 @@ in one workdir:
    teacher records its settings and one trained otherwise is never reused);
 2. every row's student, distilled from its teachers with ``config.loss`` (KD over
    the row's teachers: uniform averaging of softened probabilities, of logits, or
-   DATW) once per seed of ``ensemble.seeds`` (``students/<row>_seed<k>/``);
+   DATW) on ``ensemble.student_split`` ("" = the teachers' ``data.train_split``; a
+   subset gives the student fewer labels) once per seed of ``ensemble.seeds``
+   (``students/<row>_seed<k>/``);
 3. the student architectures trained from scratch on the same split (the study's
    ST), per seed (``students/scratch_<arch>_seed<k>/``);
 4. CKA self maps of each row's teachers, its student and the scratch student
@@ -273,6 +275,7 @@ def run_student(config, workdir: str, row_name: str, row, teachers: Mapping[str,
             model=_model_entry(row.student),
             loss=loss,
             num_steps=config.train.num_steps,
+            train_split=config.ensemble.student_split,
             teachers={
                 n: _model_entry(row.teachers[n].model, teachers[n]["checkpoint"])
                 for n, _ in ordered(row.teachers)
@@ -291,6 +294,7 @@ def run_scratch(config, workdir: str, student: str, seed: int) -> dict[str, Any]
             model=_model_entry(student),
             loss=train.supervised_loss(config.loss),
             num_steps=config.train.num_steps,
+            train_split=config.ensemble.student_split,
         ),
     )
 
@@ -524,7 +528,8 @@ def table_markdown(config, results: Mapping[str, Any]) -> str:
     lines = [
         f"{ANALYSES[e.analysis]['title']} on `{config.data.name}/{config.data.builder_config}`: "
         f"top-1 % on `{config.data.eval_split}`; teachers fine-tuned and students trained on "
-        f"`{config.data.train_split}` ({e.finetune_steps} and {config.train.num_steps} steps); "
+        f"`{config.data.train_split}` and `{e.student_split or config.data.train_split}` "
+        f"({e.finetune_steps} and {config.train.num_steps} steps); "
         f"students: mean ± std over seeds {tuple(e.seeds)}, KD with {combine}, T = "
         f"{loss.temperature}. [b] = block-structure score of the model's self-CKA map (share "
         f"of layer pairs >= {e.block_min_gap} apart with CKA >= {e.block_threshold}). "

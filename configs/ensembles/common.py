@@ -115,6 +115,9 @@ def base(analysis: str, scale: str = "builtin") -> ml_collections.ConfigDict:
     # a teacher trained with other settings is an error, never silently reused.
     e.teacher_dir = ""
     e.finetune_steps = 150  # Teachers' fine-tuning steps on data.train_split.
+    # Split the students (distilled and ST) train on; "" = data.train_split. A subset of
+    # it gives the students fewer labels than their teachers had.
+    e.student_split = ""
     e.pretrain = p = ml_collections.ConfigDict()
     p.steps = 150  # Pretraining steps of each teacher.
     p.batch_size = 16  # Videos per pretraining step (a task's views multiply it).
