@@ -96,6 +96,11 @@ def get_config() -> ml_collections.ConfigDict:
     # steps on validation, at half its step time); it needs more steps than the CNN.
     c.teachers.vit = model_spec("vit", "mini", num_steps=1500, learning_rate=2e-3)
     c.dtype = "float32"  # Compute dtype: float32 or bfloat16 (parameters stay float32).
+    # JAX's persistent compilation cache ("" = off): a later run of the same model and
+    # shapes loads its compiled programs instead of compiling again (on a GPU, XLA's
+    # autotuning too). Compiles of at least a second are stored. VKD_COMPILATION_CACHE in
+    # the environment overrides it (e.g. a shared disk on a cluster).
+    c.compilation_cache = "~/.cache/vkd_jax/jax"
 
     # ---------------------------------------------------------------- loss
     # L = ce * CE + kd * (DATW or uniform KD) + sdd * SDD + rkd_d * RKD-D + rkd_a * RKD-A

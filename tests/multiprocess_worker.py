@@ -29,7 +29,7 @@ def main():
     assert jax.process_count() == 2 and jax.device_count() == 2, jax.devices()
     from conftest import tiny_config
 
-    from vkd_jax import pretrain, train
+    from vkd_jax import pretrain, stages, train
 
     config = tiny_config(data_dir)
     config.train.num_steps = 3
@@ -44,7 +44,7 @@ def main():
         return
     summary = train.run(
         config,
-        train.Stage("two_process", workdir, config.student, train.supervised_loss(config.loss), 3),
+        train.Stage("two_process", workdir, config.student, stages.supervised_loss(config.loss), 3),
     )
     # Each process's own in-memory copy of the final parameters, fingerprinted.
     np.savez(out, top1=summary["top1"], digest=summary["params_sha256"])

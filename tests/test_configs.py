@@ -132,3 +132,34 @@ def test_cli_reports_a_user_error_in_one_line(tmp_path, override, message):
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("vkd_jax: error: ") and message in last, last
+
+
+def test_compilation_cache_is_on_by_default_configurable_and_fills(tmp_path):
+    """The persistent cache is where the config (or VKD_COMPILATION_CACHE) says, "" turns it
+    off, and compiled programs land in it (a fresh interpreter, so this process's JAX
+    settings stay as they are)."""
+    import subprocess
+
+    assert config_lib.default_config().compilation_cache  # On by default.
+    cache = tmp_path / "cache"
+    code = (
+        "import os, sys, jax, jax.numpy as jnp\n"
+        "from vkd_jax import main\n"
+        "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
+        "assert main.enable_compilation_cache('') == ''\n"
+        f"used = main.enable_compilation_cache({str(cache)!r})\n"
+        "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()\n"
+        "print('USED', used, len(os.listdir(used)))\n"
+    )
+    env = dict(os.environ)
+    env.pop("VKD_COMPILATION_CACHE", None)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    used, entries = out.stdout.split("USED ")[1].split()
+    assert used == str(cache) and int(entries) >= 1
+    env["VKD_COMPILATION_CACHE"] = str(tmp_path / "from_env")
+    code = "from vkd_jax import main\nprint('USED', main.enable_compilation_cache('~/x'))\n"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env=env)  # fmt: skip
+    assert out.stdout.split("USED ")[1].strip() == str(tmp_path / "from_env")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vkd_jax import mechanism, train
+from vkd_jax import mechanism
 
 
 def _history(steps=(10, 20, 30, 40)):
@@ -37,14 +37,14 @@ def _history(steps=(10, 20, 30, 40)):
 
 def test_history_keeps_the_last_point_of_a_replayed_step(tmp_path):
     # A resumed stage replays the steps after its last checkpoint and logs them again.
-    path = tmp_path / train.HISTORY_FILE
+    path = tmp_path / mechanism.HISTORY_FILE
     lines = [{"step": 25, "loss": 2.0}, {"step": 50, "loss": 1.5}, {"step": 50, "loss": 1.4},
              {"step": 75, "loss": 1.2}]  # fmt: skip
     path.write_text("".join(json.dumps(p) + "\n" for p in lines))
-    history = train.read_history(str(tmp_path))
+    history = mechanism.read_history(str(tmp_path))
     assert [p["step"] for p in history] == [25, 50, 75]
     assert history[1]["loss"] == 1.4
-    assert train.read_history(str(tmp_path / "absent")) == []
+    assert mechanism.read_history(str(tmp_path / "absent")) == []
 
 
 def test_summary_averages_the_last_half_per_teacher():

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from conftest import tiny_config
 
-from vkd_jax import checkpoint, config_lib, modes, pretext, pretrain, probe, train
+from vkd_jax import checkpoint, config_lib, mechanism, modes, pretext, pretrain, probe
 from vkd_jax.data import pretext as pretext_data
 from vkd_jax.pretext import common, prp, rotnet, rspnet, tdl, vcop
 
@@ -380,7 +380,7 @@ def test_every_task_pretrains_exports_and_reports(tiny_data_dir, tmp_path, task)
     assert np.isfinite(summary["pretext_loss"]) and summary["num_videos"] > 0
     meta = checkpoint.read_metadata(str(tmp_path / "model"))
     assert meta["pretext"] == {"task": task, "complexity": 2}
-    assert train.read_history(str(tmp_path))[-1]["step"] == 2
+    assert mechanism.read_history(str(tmp_path))[-1]["step"] == 2
 
 
 def test_pretraining_lowers_the_loss_and_fine_tunes(tiny_data_dir, tmp_path):
@@ -389,7 +389,7 @@ def test_pretraining_lowers_the_loss_and_fine_tunes(tiny_data_dir, tmp_path):
     c = _pretrain_config(tiny_data_dir, "cvrl", steps=40)
     c.train.log_every = 10
     summary = modes.run(c, str(tmp_path / "pre"))
-    history = train.read_history(str(tmp_path / "pre"))
+    history = mechanism.read_history(str(tmp_path / "pre"))
     assert [h["step"] for h in history] == [10, 20, 30, 40]
     assert history[-1]["loss"] < history[0]["loss"] - 0.3
     assert summary["chance"] == pytest.approx(1 / 31)  # 2 x 16 clips: 31 candidates.

@@ -13,7 +13,18 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from vkd_jax import checkpoint, config_lib, experiment, models, sharding, train, train_step
+from vkd_jax import (
+    checkpoint,
+    config_lib,
+    evaluation,
+    experiment,
+    mechanism,
+    models,
+    sharding,
+    stages,
+    train,
+    train_step,
+)
 from vkd_jax.losses import objective
 
 
@@ -38,7 +49,7 @@ def test_experiment_runs_end_to_end_and_resumes(tiny_data_dir, tmp_path):
     assert results["models"]["student_scratch"]["train_split"] == "train[:12.5%]"
     assert results["models"]["teacher_cnn"]["train_split"] == "train"
     # The distilled stage logged what DATW did and drew it; results.md links the figure.
-    history = train.read_history(str(tmp_path / "student_distill"))
+    history = mechanism.read_history(str(tmp_path / "student_distill"))
     assert history and "datw_weight/cnn" in history[-1] and "sdd" in history[-1]
     assert os.path.getsize(tmp_path / "student_distill" / train.MECHANISM_FILE) > 0
     assert not os.path.exists(tmp_path / "student_scratch" / train.MECHANISM_FILE)
@@ -93,13 +104,13 @@ def test_unknown_config_key_and_mode_are_named():
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_data_dir, tmp_path, monkeypatch):
     config = tiny_config(tiny_data_dir)
     workdir = str(tmp_path / "s")
-    loss = train.supervised_loss(config.loss)
+    loss = stages.supervised_loss(config.loss)
     # Two good steps -> checkpoint at step 2 (the stage stops before export: num_steps=4 later).
     config.train.num_steps = 2
     stage = train.Stage("s", workdir, config.student, loss, 2)
-    monkeypatch.setattr(train, "evaluate_model", lambda *a, **k: {"top1": 0.0})
+    monkeypatch.setattr(evaluation, "evaluate_model", lambda *a, **k: {"top1": 0.0})
     train.run(config, stage)
-    os.remove(os.path.join(workdir, train.EVAL_FILE))
+    os.remove(os.path.join(workdir, evaluation.EVAL_FILE))
     manager = checkpoint.checkpoint_manager(os.path.join(workdir, "checkpoints"), max_to_keep=5)
     assert manager.latest_step() == 2
     good = manager.restore(2)
@@ -166,7 +177,7 @@ def test_gradient_accumulation_matches_full_batch_for_sgd():
     cfg = config_lib.default_config()
     cfg.optim.optimizer = "sgd"
     cfg.optim.grad_clip_norm = 0.0
-    loss_cfg = ml_collections.FrozenConfigDict(train.supervised_loss(cfg.loss))
+    loss_cfg = ml_collections.FrozenConfigDict(stages.supervised_loss(cfg.loss))
     student = models.get_model("vit", variant="tiny", num_classes=5, input_size=(4, 16, 16))
     heads = objective.DistillationHeads(loss_cfg=loss_cfg, dtype=jnp.float32)
     tx, schedule = train_step.make_optimizer(cfg.optim, 10)
@@ -205,7 +216,7 @@ def test_fine_tuning_from_a_checkpoint_with_another_class_count(tiny_data_dir, t
     variables = model.init(jax.random.key(5), jnp.zeros((1, 4, 16, 16, 3)), train=False)
     path = str(tmp_path / "pretrained")
     checkpoint.save_model(path, variables, {"name": "x3d", "variant": variant, "num_classes": 7})
-    loss = train.supervised_loss(config.loss)
+    loss = stages.supervised_loss(config.loss)
     stage = train.Stage("ft", str(tmp_path / "ft"), config.student, loss, 0, init_checkpoint=path)
     train.run(config, stage)  # Zero steps: the exported model is the initialization.
     _, tuned, meta = checkpoint.load_model(str(tmp_path / "ft" / "model"))

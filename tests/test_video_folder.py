@@ -446,7 +446,7 @@ def test_short_training_run_on_a_built_video_folder_dataset(tmp_path):
     """The real-video path end to end: build, train a tiny student 2 steps, evaluate."""
     from conftest import tiny_config
 
-    from vkd_jax import train
+    from vkd_jax import stages, train
 
     ds = video_fixtures.make_hmdb51(str(tmp_path / "src"))
     config = tiny_config(tmp_path / "tfds")
@@ -456,7 +456,7 @@ def test_short_training_run_on_a_built_video_folder_dataset(tmp_path):
     config.data.cache = False
     config.train.batch_size = 4
     config.train.eval_batch_size = 4
-    loss = train.supervised_loss(config.loss)
+    loss = stages.supervised_loss(config.loss)
     summary = train.run(
         config, train.Stage("folder", str(tmp_path / "run"), config.student, loss, 2)
     )

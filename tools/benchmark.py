@@ -30,7 +30,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vkd_jax import config_lib, models, sharding, train, train_step  # noqa: E402
+from vkd_jax import config_lib, models, sharding, stages, train_step  # noqa: E402
 from vkd_jax.losses import objective  # noqa: E402
 
 
@@ -64,8 +64,8 @@ def bench(config, *, batch: int, steps: int, warmup: int, distill: bool) -> dict
     repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
     t, s = config.data.num_frames, config.data.crop_size
     num_classes = 12
-    dtype = train.compute_dtype(config)
-    loss = config.loss if distill else train.supervised_loss(config.loss)
+    dtype = stages.compute_dtype(config)
+    loss = config.loss if distill else stages.supervised_loss(config.loss)
     loss_cfg = ml_collections.FrozenConfigDict(loss)
     make = lambda spec: models.get_model(
         spec.name, variant=spec.variant, num_classes=num_classes, dtype=dtype, input_size=(t, s, s)

@@ -36,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 
-from vkd_jax import config_lib, models, train  # noqa: E402
+from vkd_jax import config_lib, mechanism, models, stages, train  # noqa: E402
 
 
 def parse_value(text: str):
@@ -148,14 +148,14 @@ def run_row(base: ml_collections.ConfigDict, which: str, title: str, changes, ar
                 name=tag,
                 workdir=workdir,
                 model=spec,
-                loss=train.supervised_loss(config.loss),
+                loss=stages.supervised_loss(config.loss),
                 num_steps=config.train.num_steps,
             ),
         )
     finally:
         if spec.variant != base_variant:  # The zoo is left as it was.
             models.family_module(spec.name).VARIANTS.pop(spec.variant, None)
-    history = train.read_history(workdir)
+    history = mechanism.read_history(workdir)
     last = history[-1] if history else {}
     return {
         "row": title,

@@ -40,6 +40,8 @@ PUBLISHED_GMACS: dict[tuple[str, str], tuple[float, str]] = {
     ("mvit", "v2_s"): (64.0, "MViTv2 (Li et al., CVPR 2022), Table 5 (16x4)"),
     ("mvit", "v2_b"): (225.0, "MViTv2 (Li et al., CVPR 2022), Table 5 (32x3)"),
     ("r2plus1d", "18"): (40.52, "torchvision R2Plus1D_18_Weights.KINETICS400_V1"),
+    ("slowfast", "r50_8x8"): (65.7, "SlowFast (Feichtenhofer et al., ICCV 2019), Table 2"),
+    ("slowfast", "r50_4x16"): (36.1, "SlowFast (Feichtenhofer et al., ICCV 2019), Table 2"),
     ("vit", "small"): (57.0, "VideoMAE (Tong et al., NeurIPS 2022), K400 table, ViT-S"),
     ("vit", "base"): (180.0, "VideoMAE (Tong et al., NeurIPS 2022), K400 table, ViT-B"),
 }

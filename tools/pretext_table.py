@@ -75,7 +75,7 @@ def random_model(args, backbone: str, path: str) -> str:
     import jax
     import jax.numpy as jnp
 
-    from vkd_jax import checkpoint, models, train
+    from vkd_jax import checkpoint, models, stages
     from vkd_jax.data import pipeline
 
     if os.path.isfile(os.path.join(path, checkpoint.METADATA_FILE)):
@@ -90,7 +90,7 @@ def random_model(args, backbone: str, path: str) -> str:
     )
     sample = jnp.zeros((1, 8, 32, 32, 3))
     variables = module.init(jax.random.key(args.seed), sample, train=False)
-    meta = train.model_metadata(c, c.student, info.num_classes)
+    meta = stages.model_metadata(c, c.student, info.num_classes)
     meta["stage"] = "random_init"
     checkpoint.save_model(path, variables, meta)
     return path

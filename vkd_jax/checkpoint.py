@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from collections.abc import Mapping
 from typing import Any
 
@@ -175,3 +176,85 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, (tuple, np.ndarray)):
         return list(obj)
     raise TypeError(f"Not JSON serializable: {type(obj).__name__}")
+
+
+def load_teachers(
+    teachers: Mapping[str, Any],
+    names: tuple[str, ...],
+    num_classes: int,
+    *,
+    dtype: Any,
+    clip: tuple[int, int],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Loads the named teachers' model directories, failing before any compute on a bad entry.
+
+    Args:
+      teachers: teacher name -> model entry with ``name``, ``variant``, ``checkpoint``.
+      names: the teachers to load (those the objective needs).
+      num_classes: the dataset's class count (a mismatch is an error).
+      dtype: computation dtype of the loaded modules.
+      clip: ``(num_frames, crop_size)`` of the run's clips (checked against teachers
+        whose position tables are sized for their clip).
+
+    Returns:
+      ``(modules, variables)``, each keyed by teacher name.
+    """
+    modules, variables = {}, {}
+    for name in names:
+        if name not in teachers:
+            raise ValueError(
+                f"The loss needs teacher {name!r} but config.teachers has {sorted(teachers)}"
+            )
+        spec = teachers[name]
+        if not spec.checkpoint:
+            raise CheckpointError(
+                f"Teacher {name!r} has no checkpoint: set config.teachers.{name}.checkpoint"
+            )
+        module, var, meta = load_model(
+            spec.checkpoint, num_classes=num_classes, dtype=dtype, what=f"teacher {name!r}"
+        )
+        if (meta["name"], meta["variant"]) != (spec.name, spec.variant):
+            logging.warning(
+                "Teacher %r: config says %s/%s, checkpoint holds %s/%s; using the checkpoint's",
+                name,
+                spec.name,
+                spec.variant,
+                meta["name"],
+                meta["variant"],
+            )
+        sized = "input_size" in models.family_module(meta["name"]).VARIANTS[meta["variant"]]
+        want = tuple(clip)
+        have = (meta.get("num_frames", want[0]), meta.get("crop_size", want[1]))
+        if sized and tuple(have) != tuple(want):
+            # Position tables are sized for the clip the teacher was built for.
+            raise CheckpointError(
+                f"Teacher {name!r} ({meta['name']}/{meta['variant']}) takes {have[0]}x{have[1]}"
+                f"x{have[1]} clips but config.data gives {want[0]}x{want[1]}x{want[1]}; set "
+                "config.data.num_frames and config.data.crop_size to match"
+            )
+        modules[name], variables[name] = module, var
+    return modules, variables
+
+
+class Preemption:
+    """Turns SIGTERM (TPU preemption, job schedulers) into a flag a training loop checks, so
+    that it saves a checkpoint and exits instead of dying mid-step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # Not the main thread: leave signals alone.
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: saving a checkpoint, then exiting")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)

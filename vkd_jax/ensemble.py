@@ -45,7 +45,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vkd_jax import config_lib, train
+from vkd_jax import config_lib, evaluation, stages, train
 from vkd_jax.data import pipeline
 from vkd_jax.experiment import mean_std
 
@@ -247,7 +247,7 @@ def run_teacher(config, t, teacher_dir: str) -> dict[str, Any]:
             name=f"teacher {teacher_key(t)}",
             workdir=os.path.join(root, "finetune"),
             model=_model_entry(t.model),
-            loss=train.supervised_loss(config.loss),
+            loss=stages.supervised_loss(config.loss),
             num_steps=config.ensemble.finetune_steps,
             init_checkpoint=init,
         ),
@@ -292,7 +292,7 @@ def run_scratch(config, workdir: str, student: str, seed: int) -> dict[str, Any]
             name=f"scratch {student} seed {seed}",
             workdir=os.path.join(workdir, "students", f"scratch_{_slug(student)}_seed{seed}"),
             model=_model_entry(student),
-            loss=train.supervised_loss(config.loss),
+            loss=stages.supervised_loss(config.loss),
             num_steps=config.train.num_steps,
             train_split=config.ensemble.student_split,
         ),
@@ -365,18 +365,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     pipeline.load_builder(config.data)  # The downstream data, built once before any stage.
     e = config.ensemble
     teacher_dir = e.teacher_dir or os.path.join(workdir, "teachers")
+    unique = {teacher_key(t): t for _, row in ordered(e.rows) for _, t in ordered(row.teachers)}
+    rows_total = len(e.rows)
+    logging.info(
+        "Ensemble analysis %s: %d teachers, %d rows x %d seeds of students, in %s",
+        e.analysis, len(unique), rows_total, len(e.seeds), workdir,
+    )  # fmt: skip
     teachers: dict[str, dict[str, Any]] = {}  # key -> record
-    for _, row in ordered(e.rows):
-        for _, t in ordered(row.teachers):
-            if teacher_key(t) not in teachers:
-                logging.info("Ensemble teacher %s", teacher_key(t))
-                teachers[teacher_key(t)] = run_teacher(config, t, teacher_dir)
+    for k, (key, t) in enumerate(unique.items()):
+        logging.info("Ensemble teacher %d/%d: %s", k + 1, len(unique), key)
+        teachers[key] = run_teacher(config, t, teacher_dir)
     scratch = {
         s: [run_scratch(config, workdir, s, seed) for seed in e.seeds]
         for s in dict.fromkeys(row.student for _, row in ordered(e.rows))
     }
     rows = []
-    for row_name, row in ordered(e.rows):
+    for r, (row_name, row) in enumerate(ordered(e.rows)):
+        logging.info("Ensemble row %d/%d: %s", r + 1, rows_total, row_name)
         members = {n: teachers[teacher_key(t)] for n, t in ordered(row.teachers)}
         students = [run_student(config, workdir, row_name, row, members, seed) for seed in e.seeds]
         record = {
@@ -426,8 +431,8 @@ def _stage_seconds(teachers, workdir) -> float:
     """Wall time of every stage's own run (pretraining, fine-tuning, students)."""
     total = sum(t.get("pretrain_seconds", 0.0) + t.get("seconds", 0.0) for t in teachers.values())
     for path, _, files in os.walk(os.path.join(workdir, "students")):
-        if train.EVAL_FILE in files:
-            with open(os.path.join(path, train.EVAL_FILE)) as f:
+        if evaluation.EVAL_FILE in files:
+            with open(os.path.join(path, evaluation.EVAL_FILE)) as f:
                 total += json.load(f).get("seconds", 0.0)
     return total
 

@@ -15,7 +15,9 @@ analysis, which differs in two documented ways (see :func:`count_macs`).
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -23,6 +25,7 @@ from typing import Any
 import jax
 import jax.extend as jex
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from vkd_jax.models import layers
@@ -398,3 +401,87 @@ def plot_confusion(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+# ------------------------------------------------------------ a model on a dataset
+
+EVAL_FILE = "eval.json"
+
+
+def evaluate_model(
+    config: ml_collections.ConfigDict,
+    model: Any,
+    variables: Mapping[str, Any],
+    info: Any,
+    outdir: str,
+    *,
+    mesh: Any,
+) -> dict[str, Any]:
+    """Multi-view accuracy on the eval split, plus size and speed of the model.
+
+    ``info`` is the dataset's ``pipeline.DatasetInfo``. Writes ``confusion.png`` to
+    ``outdir`` and returns a JSON-able summary.
+    """
+    from vkd_jax import sharding
+    from vkd_jax.data import pipeline  # TensorFlow: only when evaluating on a dataset.
+
+    local_batch = sharding.local_batch_size(config.train.eval_batch_size)
+    ds = pipeline.eval_dataset(config.data, batch_size=local_batch)
+    batches = (sharding.to_global(b, mesh) for b in ds.as_numpy_iterator())
+    summary = evaluate(
+        model, variables, batches, num_classes=info.num_classes, class_names=info.class_names
+    )
+    input_shape = (config.data.num_frames, config.data.crop_size, config.data.crop_size)
+    summary["params"] = count_params(variables["params"])
+    summary["gmacs"] = count_macs(model, variables, input_shape) / 1e9
+    summary["latency"] = measure_latency(
+        model,
+        variables,
+        input_shape,
+        batch_size=config.eval.latency_batch_size,
+        iters=config.eval.latency_iters,
+    )
+    summary["input_shape"] = list(input_shape)
+    summary["views"] = config.data.eval_num_clips * config.data.eval_num_crops
+    if jax.process_index() == 0:
+        plot_confusion(
+            np.asarray(summary["confusion"]),
+            info.class_names,
+            os.path.join(outdir, "confusion.png"),
+            title=f"{model.__class__.__name__}",
+        )
+    return summary
+
+
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict, path: str, outdir: str, *, what: str = "model", **extra
+) -> dict[str, Any]:
+    """Loads a model directory, evaluates it and writes ``<outdir>/eval.json``.
+
+    Args:
+      config: the run's config (data, eval, dtype, mesh sections).
+      path: a model directory (from a stage or tools/convert_checkpoint.py).
+      outdir: where ``eval.json`` and ``confusion.png`` go.
+      what: how error messages name the model (e.g. ``"teacher 'cnn'"``).
+      **extra: fields added to the summary (e.g. ``stage``).
+    """
+    os.makedirs(outdir, exist_ok=True)
+    from vkd_jax import checkpoint, sharding, stages
+    from vkd_jax.data import pipeline  # TensorFlow: only when evaluating on a dataset.
+
+    info = pipeline.dataset_info(config.data)
+    module, variables, meta = checkpoint.load_model(
+        path, num_classes=info.num_classes, dtype=stages.compute_dtype(config), what=what
+    )
+    summary = evaluate_model(
+        config, module, variables, info, outdir, mesh=sharding.make_mesh(config.mesh.data)
+    )
+    summary.update(model=f"{meta['name']}/{meta['variant']}", checkpoint=path, **extra)
+    write_eval(outdir, summary)
+    return summary
+
+
+def write_eval(outdir: str, summary: Mapping[str, Any]) -> None:
+    if jax.process_index() == 0:
+        with open(os.path.join(outdir, EVAL_FILE), "w") as f:
+            json.dump(summary, f, indent=2)

@@ -22,14 +22,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vkd_jax import train
+from vkd_jax import evaluation, stages, train
 from vkd_jax.data import pipeline
 from vkd_jax.losses import objective
 
 # Ablation rows of the dual-teacher method, as overrides of config.loss. Each row
 # adds one component to the one above it (the paper's ablation order).
 ABLATIONS: Mapping[str, dict[str, Any]] = {
-    "scratch": {},  # Handled by train.supervised_loss.
+    "scratch": {},  # Handled by stages.supervised_loss.
     "kd_cnn": dict(
         kd_teachers=("cnn",),
         teacher_weighting="uniform",
@@ -88,7 +88,7 @@ def _teacher_stages(config, workdir) -> tuple[dict[str, Any], dict[str, Any]]:
                 name=f"teacher_{name}",
                 workdir=os.path.join(workdir, f"teacher_{name}"),
                 model=spec,
-                loss=train.supervised_loss(config.loss),
+                loss=stages.supervised_loss(config.loss),
                 num_steps=spec.num_steps or config.experiment.teacher_num_steps,
             )
             teacher_config = config
@@ -103,11 +103,11 @@ def _teacher_stages(config, workdir) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _evaluate_checkpoint(config, path: str, workdir: str, name: str) -> dict[str, Any]:
     outdir = os.path.join(workdir, f"teacher_{name}")
-    eval_path = os.path.join(outdir, train.EVAL_FILE)
+    eval_path = os.path.join(outdir, evaluation.EVAL_FILE)
     if os.path.isfile(eval_path):
         with open(eval_path) as f:
             return json.load(f)
-    return train.evaluate_checkpoint(
+    return evaluation.evaluate_checkpoint(
         config, path, outdir, what=f"teacher {name!r}", stage=f"teacher_{name}"
     )
 
@@ -122,7 +122,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
             name="student_scratch",
             workdir=os.path.join(workdir, "student_scratch"),
             model=config.student,
-            loss=train.supervised_loss(config.loss),
+            loss=stages.supervised_loss(config.loss),
             num_steps=config.train.num_steps,
             train_split=config.experiment.student_train_split,
         ),
@@ -174,7 +174,7 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
             cfg = ml_collections.ConfigDict(config.to_dict())
             cfg.seed = int(seed)
             if variant == "scratch":
-                loss = train.supervised_loss(config.loss)
+                loss = stages.supervised_loss(config.loss)
             else:
                 loss = ml_collections.ConfigDict(config.loss.to_dict())
                 loss.update(ABLATIONS[variant])

@@ -75,6 +75,20 @@ def _parse_flags(argv):
         )
 
 
+def enable_compilation_cache(path: str) -> str:
+    """Points JAX's persistent compilation cache at ``path`` (``VKD_COMPILATION_CACHE``
+    overrides it; "" turns it off); returns the directory used, or ""."""
+    import jax
+
+    path = os.environ.get("VKD_COMPILATION_CACHE", path)
+    if not path:
+        return ""
+    path = os.path.abspath(os.path.expanduser(path))
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    return path
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -90,6 +104,7 @@ def main(argv):
     config = FLAGS.config
     try:
         config_lib.validate(config)
+        enable_compilation_cache(config.compilation_cache)
         if os.environ.get("VKD_DISTRIBUTED"):  # Multi-host (TPU pods): one process per host.
             jax.distributed.initialize()
         workdir = os.path.abspath(FLAGS.workdir)

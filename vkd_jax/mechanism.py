@@ -1,7 +1,7 @@
 """What distillation did during training, drawn from a stage's logged metrics.
 
 A final accuracy says whether a method helped, not how. For a distillation
-stage this module plots, from ``metrics.jsonl`` (:func:`vkd_jax.train.read_history`):
+stage this module plots, from ``metrics.jsonl`` (:func:`read_history`):
 
 * the DATW weight of each teacher over training (DESIGN.md eq. D4; constant
   ``1/K`` under uniform weighting);
@@ -18,11 +18,40 @@ The metrics are the batch means the training loop logs every
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping, Sequence
 
+import jax
 import numpy as np
 
+HISTORY_FILE = "metrics.jsonl"  # Logged training metrics, one JSON object per line.
 LOSS_TERMS = ("ce", "kd", "sdd", "sdd_adapter", "rkd_distance", "rkd_angle", "feature_kd")
+
+
+def append_history(workdir: str, step: int, means: Mapping[str, float]) -> None:
+    """Appends one logged point to ``<workdir>/metrics.jsonl`` (read back for plots).
+
+    TensorBoard has the same points; this plain file needs no event parser. After
+    a resume a step may appear twice: :func:`read_history` keeps the last one.
+    """
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, HISTORY_FILE), "a") as f:
+            f.write(json.dumps({"step": step, **means}) + "\n")
+
+
+def read_history(workdir: str) -> list[dict[str, float]]:
+    """The logged training metrics of a stage, one dict per logged step, in step order."""
+    path = os.path.join(workdir, HISTORY_FILE)
+    if not os.path.isfile(path):
+        return []
+    by_step = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                point = json.loads(line)
+                by_step[point["step"]] = point
+    return [by_step[k] for k in sorted(by_step)]
 
 
 def teachers_in(history: Sequence[Mapping[str, float]]) -> list[str]:

@@ -9,7 +9,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from vkd_jax import experiment, train
+from vkd_jax import evaluation, experiment, stages, train
 from vkd_jax.data import pipeline, preview
 
 
@@ -65,14 +65,14 @@ def run_data(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 def run_train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Supervised training of the student or of one teacher (``config.train_model``)."""
-    spec = train.trained_spec(config)
+    spec = stages.trained_spec(config)
     summary = train.run(
         config,
         train.Stage(
             name=f"train_{config.train_model}",
             workdir=workdir,
             model=spec,
-            loss=train.supervised_loss(config.loss),
+            loss=stages.supervised_loss(config.loss),
             num_steps=config.train.num_steps,
             init_checkpoint=config.init_checkpoint,
         ),
@@ -101,7 +101,7 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
 def run_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Evaluates ``config.student.checkpoint`` (or ``<workdir>/model``)."""
     path = config.student.checkpoint or os.path.join(workdir, "model")
-    summary = train.evaluate_checkpoint(config, path, workdir)
+    summary = evaluation.evaluate_checkpoint(config, path, workdir)
     _print_summary(summary)
     return summary
 

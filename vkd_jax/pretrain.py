@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from vkd_jax import checkpoint, evaluation, models, pretext, sharding, train, train_step
+from vkd_jax import checkpoint, evaluation, models, pretext, sharding, stages, train, train_step
 from vkd_jax.data import pipeline
 from vkd_jax.data import pretext as pretext_data
 
@@ -211,7 +211,7 @@ def build_backbone(config, spec, task, num_classes: int):
         spec.name,
         variant=spec.variant,
         num_classes=num_classes,
-        dtype=train.compute_dtype(config),
+        dtype=stages.compute_dtype(config),
         input_size=(task.num_frames, s, s),
     )
 
@@ -234,7 +234,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     os.makedirs(workdir, exist_ok=True)
     started = time.time()
     pcfg = ml_collections.FrozenConfigDict(config.pretext)
-    spec = train.trained_spec(config)
+    spec = stages.trained_spec(config)
     task, head = pretext.build(pcfg, config.data)
     num_steps = int(config.train.num_steps)
     name = f"pretrain_{task.name}_c{pcfg.complexity}"
@@ -321,7 +321,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     # ------------------------------------------------------------ export, eval
     variables = train_step.model_variables(state.params["backbone"], state.batch_stats["backbone"])
-    meta = train.model_metadata(config, spec, info.num_classes)
+    meta = stages.model_metadata(config, spec, info.num_classes)
     meta.update(
         stage=name,
         pretext={"task": task.name, "complexity": int(pcfg.complexity)},

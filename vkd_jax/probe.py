@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from vkd_jax import checkpoint, evaluation, sharding, train
+from vkd_jax import checkpoint, evaluation, sharding, stages
 from vkd_jax.data import pipeline
 
 SUMMARY_FILE = "probe.json"
@@ -177,7 +177,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     module, variables, meta = checkpoint.load_model(
         config.init_checkpoint,
         num_classes=info.num_classes,
-        dtype=train.compute_dtype(config),
+        dtype=stages.compute_dtype(config),
         what="init_checkpoint",
     )
     mesh = sharding.make_mesh(config.mesh.data)

@@ -6,17 +6,21 @@ training-only heads) -> optimizer -> state (fresh or resumed) -> jitted step
 export of the deployable student -> evaluation.
 
 A stage's directory holds ``checkpoints/`` (resumable state), ``model/`` (the
-exported student, loadable as a teacher), ``eval.json``, ``confusion.png`` and
-TensorBoard event files.
+exported student, loadable as a teacher), ``eval.json``, ``confusion.png``,
+``metrics.jsonl`` and TensorBoard event files.
+
+What the story uses lives next to what it serves: the stage description
+(``Stage``, ``supervised_loss``) in :mod:`vkd_jax.stages`; teacher loading and
+the SIGTERM guard in :mod:`vkd_jax.checkpoint`; the metrics history in
+:mod:`vkd_jax.mechanism`; evaluation on the eval split in :mod:`vkd_jax.evaluation`;
+the jitted step in :mod:`vkd_jax.train_step`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
-import signal
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -32,153 +36,16 @@ from clu import metric_writers, periodic_actions
 from vkd_jax import checkpoint, evaluation, mechanism, models, sharding, train_step
 from vkd_jax.data import pipeline
 from vkd_jax.losses import objective
+from vkd_jax.stages import Stage, compute_dtype, model_metadata
 
-EVAL_FILE = "eval.json"
-HISTORY_FILE = "metrics.jsonl"  # Logged training metrics, one JSON object per line.
+# train.run(config, train.Stage(...)): the stage description lives in vkd_jax.stages.
+__all__ = ["MECHANISM_FILE", "NonFiniteLossError", "Stage", "open_checkpoints", "run"]
+
 MECHANISM_FILE = "mechanism.png"  # DATW weights, confidence, discrepancy, loss terms.
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or gradient became NaN/inf; the last checkpoint is intact."""
-
-
-@dataclasses.dataclass
-class Stage:
-    """What one stage trains.
-
-    Attributes:
-      name: human-readable name (used in logs and results).
-      workdir: the stage's directory.
-      model: model entry (``name``, ``variant``) of the trained model.
-      loss: the objective's config (``loss`` section); CE-only for supervised.
-      num_steps: optimizer updates.
-      teachers: teacher name -> model entry with a ``checkpoint`` directory.
-      init_checkpoint: model directory whose variables initialize the trained
-        model (fine-tuning); layers whose shapes differ start fresh.
-      train_split: TFDS split the stage trains on; "" means ``config.data.train_split``
-        (an experiment gives its students a labelled subset this way).
-    """
-
-    name: str
-    workdir: str
-    model: ml_collections.ConfigDict
-    loss: ml_collections.ConfigDict
-    num_steps: int
-    teachers: Mapping[str, ml_collections.ConfigDict] = dataclasses.field(default_factory=dict)
-    init_checkpoint: str = ""
-    train_split: str = ""
-
-
-def trained_spec(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The model entry ``config.train_model`` names (the student or a teacher)."""
-    if config.train_model == "student":
-        return config.student
-    if config.train_model in config.teachers:
-        return config.teachers[config.train_model]
-    raise ValueError(
-        f"config.train_model={config.train_model!r} is neither 'student' nor a teacher "
-        f"name ({sorted(config.teachers)})"
-    )
-
-
-def supervised_loss(loss_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The objective with every distillation term off (cross-entropy only)."""
-    cfg = ml_collections.ConfigDict(loss_cfg.to_dict())
-    for key in ("kd_weight", "sdd_weight", "rkd_distance_weight", "rkd_angle_weight"):
-        cfg[key] = 0.0
-    cfg.feature_kd_weight = 0.0
-    cfg.sdd.adapter_weight = 0.0
-    return cfg
-
-
-def compute_dtype(config: ml_collections.ConfigDict) -> Any:
-    if config.dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"config.dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
-    return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-
-
-def model_metadata(config: ml_collections.ConfigDict, spec: Any, num_classes: int) -> dict:
-    """What a model directory records so it can be reloaded and reused as a teacher."""
-    return {
-        "name": spec.name,
-        "variant": spec.variant,
-        "num_classes": int(num_classes),
-        "num_frames": int(config.data.num_frames),
-        "crop_size": int(config.data.crop_size),
-        "mean": list(config.data.mean),
-        "std": list(config.data.std),
-        "dataset": config.data.name,
-    }
-
-
-def load_teachers(
-    config: ml_collections.ConfigDict,
-    teachers: Mapping[str, Any],
-    names: tuple[str, ...],
-    num_classes: int,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Loads the named teachers, failing before any compute on a bad entry."""
-    modules, variables = {}, {}
-    for name in names:
-        if name not in teachers:
-            raise ValueError(
-                f"The loss needs teacher {name!r} but config.teachers has {sorted(teachers)}"
-            )
-        spec = teachers[name]
-        if not spec.checkpoint:
-            raise checkpoint.CheckpointError(
-                f"Teacher {name!r} has no checkpoint: set config.teachers.{name}.checkpoint"
-            )
-        module, var, meta = checkpoint.load_model(
-            spec.checkpoint,
-            num_classes=num_classes,
-            dtype=compute_dtype(config),
-            what=f"teacher {name!r}",
-        )
-        if (meta["name"], meta["variant"]) != (spec.name, spec.variant):
-            logging.warning(
-                "Teacher %r: config says %s/%s, checkpoint holds %s/%s; using the checkpoint's",
-                name,
-                spec.name,
-                spec.variant,
-                meta["name"],
-                meta["variant"],
-            )
-        sized = "input_size" in models.family_module(meta["name"]).VARIANTS[meta["variant"]]
-        want = (config.data.num_frames, config.data.crop_size)
-        have = (meta.get("num_frames", want[0]), meta.get("crop_size", want[1]))
-        if sized and tuple(have) != tuple(want):
-            # Position tables are sized for the clip the teacher was built for.
-            raise checkpoint.CheckpointError(
-                f"Teacher {name!r} ({meta['name']}/{meta['variant']}) takes {have[0]}x{have[1]}"
-                f"x{have[1]} clips but config.data gives {want[0]}x{want[1]}x{want[1]}; set "
-                "config.data.num_frames and config.data.crop_size to match"
-            )
-        modules[name], variables[name] = module, var
-    return modules, variables
-
-
-class _Preemption:
-    """Turns SIGTERM (TPU preemption, job schedulers) into a flag the loop checks."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # Not the main thread: leave signals alone.
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: saving a checkpoint, then exiting")
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
@@ -189,7 +56,7 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
       ``<stage.workdir>/eval.json``. A finished stage is not run again: its
       stored summary is returned.
     """
-    eval_path = os.path.join(stage.workdir, EVAL_FILE)
+    eval_path = os.path.join(stage.workdir, evaluation.EVAL_FILE)
     model_dir = os.path.join(stage.workdir, "model")
     if os.path.isfile(eval_path) and os.path.isfile(
         os.path.join(model_dir, checkpoint.METADATA_FILE)
@@ -221,8 +88,12 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
         input_size=(t, s, s),
     )
     loss_cfg = ml_collections.FrozenConfigDict(stage.loss)
-    teachers, teacher_vars = load_teachers(
-        config, stage.teachers, objective.required_teachers(loss_cfg), info.num_classes
+    teachers, teacher_vars = checkpoint.load_teachers(
+        stage.teachers,
+        objective.required_teachers(loss_cfg),
+        info.num_classes,
+        dtype=dtype,
+        clip=(config.data.num_frames, config.data.crop_size),
     )
     heads = objective.DistillationHeads(loss_cfg=loss_cfg, dtype=dtype)
     tx, schedule = train_step.make_optimizer(config.optim, stage.num_steps)
@@ -318,12 +189,12 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
     meta = model_metadata(config, stage.model, info.num_classes)
     meta["stage"] = stage.name
     checkpoint.save_model(model_dir, variables, meta)
-    summary = evaluate_model(config, student, variables, info, stage.workdir, mesh=mesh)
+    summary = evaluation.evaluate_model(config, student, variables, info, stage.workdir, mesh=mesh)
     summary.update(stage=stage.name, model=f"{stage.model.name}/{stage.model.variant}")
     summary["train_steps"] = stage.num_steps
     summary["train_split"] = train_split
     if teachers and jax.process_index() == 0:
-        history = read_history(stage.workdir)
+        history = mechanism.read_history(stage.workdir)
         summary["datw"] = mechanism.summarize(history)
         mechanism.plot(
             history, os.path.join(stage.workdir, MECHANISM_FILE), title=f"{stage.name}: training"
@@ -333,7 +204,7 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
     summary["seconds"] = time.time() - started
     writer.write_scalars(stage.num_steps, {"eval/top1": summary["top1"]})
     writer.flush()
-    _write_eval(stage.workdir, summary)
+    evaluation.write_eval(stage.workdir, summary)
     return summary
 
 
@@ -351,37 +222,6 @@ def open_checkpoints(init, args, repl, workdir: str, max_to_keep: int):
         os.path.join(workdir, "checkpoints"), max_to_keep=max_to_keep
     )
     return manager, checkpoint.restore_state(manager, abstract)
-
-
-def evaluate_checkpoint(
-    config: ml_collections.ConfigDict, path: str, outdir: str, *, what: str = "model", **extra
-) -> dict[str, Any]:
-    """Loads a model directory, evaluates it and writes ``<outdir>/eval.json``.
-
-    Args:
-      config: the run's config (data, eval, dtype, mesh sections).
-      path: a model directory (from a stage or tools/convert_checkpoint.py).
-      outdir: where ``eval.json`` and ``confusion.png`` go.
-      what: how error messages name the model (e.g. ``"teacher 'cnn'"``).
-      **extra: fields added to the summary (e.g. ``stage``).
-    """
-    os.makedirs(outdir, exist_ok=True)
-    info = pipeline.dataset_info(config.data)
-    module, variables, meta = checkpoint.load_model(
-        path, num_classes=info.num_classes, dtype=compute_dtype(config), what=what
-    )
-    summary = evaluate_model(
-        config, module, variables, info, outdir, mesh=sharding.make_mesh(config.mesh.data)
-    )
-    summary.update(model=f"{meta['name']}/{meta['variant']}", checkpoint=path, **extra)
-    _write_eval(outdir, summary)
-    return summary
-
-
-def _write_eval(outdir: str, summary: Mapping[str, Any]) -> None:
-    if jax.process_index() == 0:
-        with open(os.path.join(outdir, EVAL_FILE), "w") as f:
-            json.dump(summary, f, indent=2)
 
 
 def _initialize_from(state, stage: Stage, tx, repl) -> train_step.TrainState:
@@ -437,7 +277,7 @@ def _train_loop(
     log_every = max(1, config.train.log_every)
     sums, count, last_log = None, 0, time.time()
     pending = None  # (step, metrics) of the previous step, checked one step late.
-    with _Preemption() as preemption:
+    with checkpoint.Preemption() as preemption:
         for step in range(start_step + 1, stage.num_steps + 1):
             batch = sharding.to_global(next(batches), mesh)
             state, metrics = p_step(state, teacher_vars, batch)
@@ -465,7 +305,7 @@ def _train_loop(
                     _fmt_time(eta),
                 )
                 writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
-                _append_history(stage.workdir, step, means)
+                mechanism.append_history(stage.workdir, step, means)
                 sums, count, last_log = None, 0, time.time()
             if step % config.train.checkpoint_every == 0 or step == stage.num_steps:
                 _check_finite(step, metrics, manager=manager)
@@ -478,31 +318,6 @@ def _train_loop(
     manager.wait_until_finished()
     writer.flush()
     return state
-
-
-def _append_history(workdir: str, step: int, means: Mapping[str, float]) -> None:
-    """Appends one logged point to ``<workdir>/metrics.jsonl`` (read back for plots).
-
-    TensorBoard has the same points; this plain file needs no event parser. After
-    a resume a step may appear twice: :func:`read_history` keeps the last one.
-    """
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, HISTORY_FILE), "a") as f:
-            f.write(json.dumps({"step": step, **means}) + "\n")
-
-
-def read_history(workdir: str) -> list[dict[str, float]]:
-    """The logged training metrics of a stage, one dict per logged step, in step order."""
-    path = os.path.join(workdir, HISTORY_FILE)
-    if not os.path.isfile(path):
-        return []
-    by_step = {}
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                point = json.loads(line)
-                by_step[point["step"]] = point
-    return [by_step[k] for k in sorted(by_step)]
 
 
 def _check_finite(step: int, metrics: Mapping[str, jax.Array], *, manager) -> None:
@@ -530,44 +345,3 @@ def params_digest(tree: Any) -> str:
 def _fmt_time(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def evaluate_model(
-    config: ml_collections.ConfigDict,
-    model: Any,
-    variables: Mapping[str, Any],
-    info: pipeline.DatasetInfo,
-    outdir: str,
-    *,
-    mesh: Any,
-) -> dict[str, Any]:
-    """Multi-view accuracy on the eval split, plus size and speed of the model.
-
-    Writes ``confusion.png`` to ``outdir`` and returns a JSON-able summary.
-    """
-    local_batch = sharding.local_batch_size(config.train.eval_batch_size)
-    ds = pipeline.eval_dataset(config.data, batch_size=local_batch)
-    batches = (sharding.to_global(b, mesh) for b in ds.as_numpy_iterator())
-    summary = evaluation.evaluate(
-        model, variables, batches, num_classes=info.num_classes, class_names=info.class_names
-    )
-    input_shape = (config.data.num_frames, config.data.crop_size, config.data.crop_size)
-    summary["params"] = evaluation.count_params(variables["params"])
-    summary["gmacs"] = evaluation.count_macs(model, variables, input_shape) / 1e9
-    summary["latency"] = evaluation.measure_latency(
-        model,
-        variables,
-        input_shape,
-        batch_size=config.eval.latency_batch_size,
-        iters=config.eval.latency_iters,
-    )
-    summary["input_shape"] = list(input_shape)
-    summary["views"] = config.data.eval_num_clips * config.data.eval_num_crops
-    if jax.process_index() == 0:
-        evaluation.plot_confusion(
-            np.asarray(summary["confusion"]),
-            info.class_names,
-            os.path.join(outdir, "confusion.png"),
-            title=f"{model.__class__.__name__}",
-        )
-    return summary

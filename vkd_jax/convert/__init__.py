@@ -16,7 +16,7 @@ from vkd_jax.convert.common import ConversionError, unwrap_state_dict
 
 # Converter modules; each exposes ``ARCHS: dict[str, Callable]`` mapping an
 # architecture name to ``fn(state_dict, *, num_classes) -> (module, variables)``.
-_CONVERTER_MODULES = ("x3d", "mvit", "r2plus1d", "shufflenet3d")
+_CONVERTER_MODULES = ("x3d", "mvit", "r2plus1d", "shufflenet3d", "slowfast")
 
 __all__ = ["ConversionError", "architectures", "from_torch", "unwrap_state_dict"]
 

@@ -209,3 +209,58 @@ def _get_path(tree: dict, path: tuple[str, ...]) -> Any:
     for name in path:
         tree = tree[name]
     return tree
+
+
+def torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Our variable shape -> the PyTorch tensor shape it comes from (for messages)."""
+    if len(shape) == 5:
+        return (shape[4], shape[3], *shape[:3])
+    if len(shape) == 2:
+        return (shape[1], shape[0])
+    return shape
+
+
+def fill_by_rank(
+    abstract: Mapping[str, Any],
+    state_dict: Mapping[str, np.ndarray],
+    torch_key: Callable[[tuple[str, ...]], str],
+    model: str,
+) -> dict:
+    """Fills every variable of ``abstract`` from the key ``torch_key(path)`` names.
+
+    Conv3d weights (5 dims) and Linear weights (2 dims) are transposed to Flax's
+    layout, everything else is copied; every checkpoint key must be used once.
+
+    Args:
+      abstract: ``jax.eval_shape`` of the module's ``init`` (collections at the top).
+      state_dict: the checkpoint's tensors as NumPy arrays.
+      torch_key: our variable path without the collection -> the checkpoint key.
+      model: the model's name in error messages (e.g. "SlowFast-R50").
+
+    Returns:
+      The converted variables, checked and cast against ``abstract``.
+
+    Raises:
+      ConversionError: naming every missing, unexpected or misshaped tensor.
+    """
+    reader = StateDictReader(state_dict)
+    converted, problems = {}, []
+    for flat, spec in traverse_util.flatten_dict(dict(abstract), sep="/").items():
+        _, *path = flat.split("/")
+        key = torch_key(tuple(path))
+        raw = np.asarray(reader.take(key))
+        want = tuple(spec.shape)
+        if len(want) in (2, 5) and raw.ndim != len(want):
+            problems.append(f"{key}: expected {len(want)} dims, got shape {raw.shape}")
+            continue
+        value = {5: conv3d_kernel, 2: linear_kernel}.get(len(want), np.asarray)(raw)
+        if tuple(value.shape) != want:
+            problems.append(
+                f"shape mismatch for {key}: checkpoint has {raw.shape}, {model} expects "
+                f"{torch_shape(want)} (ours: {flat} {want})"
+            )
+        converted[flat] = value
+    if problems:
+        raise ConversionError("; ".join(problems))
+    reader.finish()
+    return check_and_cast(traverse_util.unflatten_dict(converted, sep="/"), abstract)

@@ -29,7 +29,6 @@ from collections.abc import Callable, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 from vkd_jax.convert import common
 from vkd_jax.models import x3d
@@ -143,24 +142,6 @@ def _head_key(layout: str, module: str) -> str:
     return _HEAD[layout][module]
 
 
-def _transform(key: str, value: np.ndarray, want: tuple[int, ...]) -> np.ndarray:
-    """PyTorch layout -> ours, by the rank of the variable we fill."""
-    value = np.asarray(value)
-    if len(want) == 5:  # Conv3d weight (O, I/g, kt, kh, kw).
-        if value.ndim != 5:
-            raise common.ConversionError(
-                f"{key}: expected a Conv3d weight (5 dims), got shape {value.shape}"
-            )
-        return common.conv3d_kernel(value)
-    if len(want) == 2:  # Linear weight (O, I).
-        if value.ndim != 2:
-            raise common.ConversionError(
-                f"{key}: expected a Linear weight (2 dims), got shape {value.shape}"
-            )
-        return common.linear_kernel(value)
-    return value
-
-
 @functools.lru_cache(maxsize=16)
 def _abstract_variables(module: x3d.X3D):
     """Shapes/dtypes of ``module``'s variables (cached: modules are hashable dataclasses)."""
@@ -170,15 +151,6 @@ def _abstract_variables(module: x3d.X3D):
         jax.random.key(0),
         jax.ShapeDtypeStruct((1, 4, 32, 32, 3), jnp.float32),
     )
-
-
-def _torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Our variable shape -> the PyTorch tensor shape it comes from (for messages)."""
-    if len(shape) == 5:
-        return (shape[4], shape[3], *shape[:3])
-    if len(shape) == 2:
-        return (shape[1], shape[0])
-    return shape
 
 
 def convert(variant: str, state_dict: Mapping[str, np.ndarray], *, num_classes: int | None = None):
@@ -213,26 +185,12 @@ def convert(variant: str, state_dict: Mapping[str, np.ndarray], *, num_classes: 
         bn_lin5=_head_key(layout, "post_norm") + ".weight" in state_dict,
         shortcut_norm_always=first_shortcut in state_dict,
     )
-    abstract = _abstract_variables(module)
-    reader = common.StateDictReader(state_dict)
-    converted: dict[str, np.ndarray] = {}
-    problems = []
-    for flat, spec in traverse_util.flatten_dict(dict(abstract), sep="/").items():
-        collection, *path = flat.split("/")
-        key = torch_key(tuple(path), layout)
-        raw = reader.take(key)
-        value = _transform(key, raw, tuple(spec.shape))
-        if tuple(value.shape) != tuple(spec.shape):
-            problems.append(
-                f"shape mismatch for {key}: checkpoint has {tuple(np.shape(raw))}, "
-                f"X3D-{variant.upper()} expects {_torch_shape(tuple(spec.shape))} "
-                f"(ours: {flat} {tuple(spec.shape)})"
-            )
-        converted[flat] = value
-    if problems:
-        raise common.ConversionError("; ".join(problems))
-    reader.finish()
-    variables = common.check_and_cast(traverse_util.unflatten_dict(converted, sep="/"), abstract)
+    variables = common.fill_by_rank(
+        _abstract_variables(module),
+        state_dict,
+        lambda path: torch_key(path, layout),
+        f"X3D-{variant.upper()}",
+    )
     return module, variables
 
 

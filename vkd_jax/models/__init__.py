@@ -27,6 +27,7 @@ _FAMILIES: Mapping[str, str] = {
     "mvit": "vkd_jax.models.mvit",
     "r2plus1d": "vkd_jax.models.r2plus1d",
     "shufflenet3d": "vkd_jax.models.shufflenet3d",
+    "slowfast": "vkd_jax.models.slowfast",
     "vit": "vkd_jax.models.vit",
 }
 

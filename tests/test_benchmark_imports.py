@@ -1,0 +1,29 @@
+"""The benchmarked code imports without TensorFlow (GPU machines have JAX and PyTorch only)."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_benchmark_and_the_step_import_without_tensorflow_or_clu():
+    # A fresh interpreter: this test process has TensorFlow loaded by other tests.
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['benchmark.py', '--help']\n"
+        "try:\n"
+        "    runpy.run_path('tools/benchmark.py', run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "import vkd_jax.stages, vkd_jax.train_step, vkd_jax.evaluation, vkd_jax.checkpoint\n"
+        "import vkd_jax.models, vkd_jax.losses, vkd_jax.sharding, vkd_jax.cka\n"
+        "heavy = sorted(m for m in ('tensorflow', 'tensorflow_datasets', 'clu', 'av')"
+        " if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "HEAVY []" in out.stdout, out.stdout[-2000:]
