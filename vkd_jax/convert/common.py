@@ -264,3 +264,14 @@ def fill_by_rank(
         raise ConversionError("; ".join(problems))
     reader.finish()
     return check_and_cast(traverse_util.unflatten_dict(converted, sep="/"), abstract)
+
+
+def for_variant(convert: Callable, variant: str, doc: str) -> Callable:
+    """``convert(state_dict=..., variant=..., num_classes=...)`` bound to one variant: the
+    entries of a converter module's ``ARCHS`` (``fn(state_dict, *, num_classes=None)``)."""
+
+    def fn(state_dict: Mapping[str, Any], *, num_classes: int | None = None):
+        return convert(state_dict=state_dict, variant=variant, num_classes=num_classes)
+
+    fn.__doc__ = doc
+    return fn

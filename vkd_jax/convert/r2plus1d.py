@@ -78,13 +78,8 @@ def convert(
     return module, out.finish(module, (1, *r2plus1d.STANDARD_INPUT[variant], 3))
 
 
-def _arch(variant: str):
-    def fn(state_dict: Mapping[str, np.ndarray], *, num_classes: int | None = None):
-        return convert(state_dict, variant=variant, num_classes=num_classes)
-
-    fn.__doc__ = f"torchvision-layout R(2+1)D-{variant} -> (module, variables)."
-    return fn
-
-
 # Architecture name -> converter, collected by ``vkd_jax.convert.from_torch``.
-ARCHS = {"r2plus1d_18": _arch("18"), "r2plus1d_34": _arch("34")}
+ARCHS = {
+    f"r2plus1d_{v}": common.for_variant(convert, v, f"torchvision-layout R(2+1)D-{v}.")
+    for v in ("18", "34")
+}

@@ -82,17 +82,11 @@ def convert(
     return module, out.finish(module, (1, 16, 112, 112, 3))
 
 
-def _arch(variant: str):
-    def fn(state_dict: Mapping[str, np.ndarray], *, num_classes: int | None = None):
-        return convert(state_dict, variant=variant, num_classes=num_classes)
-
-    fn.__doc__ = f"Efficient-3DCNNs 3D-ShuffleNet {variant} -> (module, variables)."
-    return fn
-
-
 # Architecture name -> converter, collected by ``vkd_jax.convert.from_torch``.
 ARCHS = {
-    f"shufflenet3d_{version}_{width}": _arch(f"{version}_{width}")
+    f"shufflenet3d_{version}_{width}": common.for_variant(
+        convert, f"{version}_{width}", f"Efficient-3DCNNs 3D-ShuffleNet {version} {width}x."
+    )
     for version in ("v1", "v2")
     for width in _WIDTHS
 }

@@ -127,13 +127,7 @@ def convert(variant: str, state_dict: Mapping[str, np.ndarray], *, num_classes: 
     return module, variables
 
 
-def _arch(variant: str) -> Callable:
-    def fn(state_dict: Mapping[str, np.ndarray], *, num_classes: int | None = None):
-        return convert(variant, state_dict, num_classes=num_classes)
-
-    fn.__name__ = f"slowfast_{variant}"
-    fn.__doc__ = f"Converts a SlowFast {variant} checkpoint; see :func:`convert`."
-    return fn
-
-
-ARCHS: dict[str, Callable] = {f"slowfast_{v}": _arch(v) for v in slowfast.VARIANTS}
+ARCHS: dict[str, Callable] = {
+    f"slowfast_{v}": common.for_variant(convert, v, f"Converts a SlowFast {v} checkpoint.")
+    for v in slowfast.VARIANTS
+}

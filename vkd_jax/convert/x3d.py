@@ -194,14 +194,8 @@ def convert(variant: str, state_dict: Mapping[str, np.ndarray], *, num_classes: 
     return module, variables
 
 
-def _arch(variant: str) -> Callable:
-    def fn(state_dict: Mapping[str, np.ndarray], *, num_classes: int | None = None):
-        return convert(variant, state_dict, num_classes=num_classes)
-
-    fn.__name__ = f"x3d_{variant}"
-    fn.__doc__ = f"Converts an X3D-{variant.upper()} checkpoint; see :func:`convert`."
-    return fn
-
-
 # The tiny variants are pytorchvideo create_x3d models with our tiny hyperparameters.
-ARCHS: dict[str, Callable] = {f"x3d_{v}": _arch(v) for v in ("xs", "s", "m", "l", "tiny", "tiny_m")}
+ARCHS: dict[str, Callable] = {
+    f"x3d_{v}": common.for_variant(convert, v, f"Converts an X3D-{v.upper()} checkpoint.")
+    for v in ("xs", "s", "m", "l", "tiny", "tiny_m")
+}

@@ -305,6 +305,26 @@ class BatchNorm(nn.Module):
         return y.astype(self.dtype)
 
 
+class StochasticDepth(nn.Module):
+    """Drops the whole residual branch per example (Huang et al., ECCV 2016).
+
+    Matches torchvision's ``StochasticDepth(p, "row")``: survivors are scaled by
+    ``1 / (1 - p)``. Uses the ``dropout`` rng. Shared by the transformers (ViT, MViT).
+    """
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(
+            self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1)
+        )
+        return jnp.where(mask, x / keep, 0).astype(x.dtype)
+
+
 class SqueezeExcite(nn.Module):
     """Squeeze-and-excitation gate of X3D's bottleneck (Hu et al., CVPR 2018).
 

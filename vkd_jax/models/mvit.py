@@ -275,26 +275,6 @@ def _rel_pos_bias(
     return bias.reshape(b, n, _prod(q_thw), _prod(k_thw))
 
 
-class StochasticDepth(nn.Module):
-    """Drops the whole residual branch per example (Huang et al., ECCV 2016).
-
-    Matches torchvision's ``StochasticDepth(p, "row")``: survivors are scaled by
-    ``1 / (1 - p)``. Uses the ``dropout`` rng.
-    """
-
-    rate: float
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
-        if deterministic or self.rate == 0.0:
-            return x
-        keep = 1.0 - self.rate
-        mask = jax.random.bernoulli(
-            self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1)
-        )
-        return jnp.where(mask, x / keep, 0).astype(x.dtype)
-
-
 class AttentionPool(nn.Module):
     """Pooling of q, k or v: depthwise Conv3d on the patch tokens, then LayerNorm.
 
@@ -431,7 +411,7 @@ class MultiscaleBlock(nn.Module):
         self, x: jax.Array, thw: Triple, *, deterministic: bool
     ) -> tuple[jax.Array, Triple]:
         cfg = self.cfg
-        drop_path = StochasticDepth(self.stochastic_depth_rate)
+        drop_path = layers.StochasticDepth(self.stochastic_depth_rate)
         x_norm1 = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
         x_attn, new_thw = MultiscaleAttention(
             cfg, self.grid, self.dropout_rate, self.dtype, name="attn"

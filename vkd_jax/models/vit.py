@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vkd_jax.models import layers
+
 Triple = tuple[int, int, int]
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -145,21 +147,6 @@ def sincos_3d(grid: Triple, width: int) -> np.ndarray:
     return full.reshape(t * h * w, width)
 
 
-class StochasticDepth(nn.Module):
-    """Drops the residual branch per example (Huang et al., ECCV 2016); rng ``dropout``."""
-
-    rate: float
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
-        if deterministic or self.rate == 0.0:
-            return x
-        keep = 1.0 - self.rate
-        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
-        return jnp.where(mask, x / keep, 0).astype(x.dtype)
-
-
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection; softmax in float32."""
 
@@ -197,7 +184,7 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
         d = x.shape[-1]
-        drop_path = StochasticDepth(self.stochastic_depth_rate)
+        drop_path = layers.StochasticDepth(self.stochastic_depth_rate)
         dense = dict(dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform())
         y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
         y = Attention(self.num_heads, self.attention_dropout_rate, self.dtype, name="attn")(
