@@ -17,25 +17,11 @@ resnet = tv.models.video.resnet
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 
 
-def _randomize(model) -> None:
-    """Non-trivial BN affine parameters and running statistics, a head with O(1) logits."""
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm3d):
-                m.weight.uniform_(0.5, 1.5, generator=gen)
-                m.bias.normal_(0.0, 0.1, generator=gen)
-                m.running_mean.normal_(0.0, 0.2, generator=gen)
-                m.running_var.uniform_(0.5, 2.0, generator=gen)
-        model.fc.weight.normal_(0.0, 0.2, generator=gen)
-        model.fc.bias.normal_(0.0, 0.2, generator=gen)
-
-
 @pytest.fixture(scope="module")
 def r2plus1d_18():
     torch.manual_seed(0)
     model = tv.models.video.r2plus1d_18(num_classes=400).eval()
-    _randomize(model)
+    torch_compat.randomize_batch_norm(torch, model, linear_std=0.2)
     return model, {k: v.numpy() for k, v in model.state_dict().items()}
 
 

@@ -26,20 +26,6 @@ def _reference(version: str, width: float, num_classes: int = 600):
     return reference.ShuffleNetV2(num_classes=num_classes, sample_size=112, width_mult=width)
 
 
-def _randomize(model) -> None:
-    """Non-trivial BN affine parameters and running statistics, a head with O(1) logits."""
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm3d):
-                m.weight.uniform_(0.5, 1.5, generator=gen)
-                m.bias.normal_(0.0, 0.1, generator=gen)
-                m.running_mean.normal_(0.0, 0.2, generator=gen)
-                m.running_var.uniform_(0.5, 2.0, generator=gen)
-        model.classifier[1].weight.normal_(0.0, 0.3, generator=gen)
-        model.classifier[1].bias.normal_(0.0, 0.2, generator=gen)
-
-
 def _hooked(model, version: str) -> dict[str, torch.nn.Module]:
     """Our feature name -> the reference module whose output it is."""
     if version == "v1":
@@ -66,7 +52,7 @@ def _hooked(model, version: str) -> dict[str, torch.nn.Module]:
 def test_parity_with_reference(version, width, clip):
     torch.manual_seed(0)
     ref = _reference(version, width).eval()
-    _randomize(ref)
+    torch_compat.randomize_batch_norm(torch, ref, linear_std=0.3)
     captured = {}
     hooks = [
         module.register_forward_hook(

@@ -38,24 +38,8 @@ def hub():
 
 
 def _randomize(torch, model, seed: int):
-    """Random BN affine + running statistics and a stronger projection, in place."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(shape, lo, hi):
-        return lo + (hi - lo) * torch.rand(shape, generator=gen)
-
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm3d):
-            n = m.num_features
-            m.weight.data.copy_(rand((n,), 0.5, 1.5))
-            m.bias.data.copy_(0.2 * torch.randn((n,), generator=gen))
-            m.running_mean.copy_(0.2 * torch.randn((n,), generator=gen))
-            m.running_var.copy_(rand((n,), 0.5, 2.0))
-        elif isinstance(m, torch.nn.Linear):
-            # pytorchvideo's std 0.01 would make logits ~1e-2: too small to test anything.
-            m.weight.data.copy_(0.05 * torch.randn(m.weight.shape, generator=gen))
-            m.bias.data.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
-    return model
+    # pytorchvideo's std 0.01 would make logits ~1e-2: too small to test anything.
+    return torch_compat.randomize_batch_norm(torch, model, seed, linear_std=0.05)
 
 
 def _adaptive_head(torch, model):

@@ -46,18 +46,8 @@ def _reference(torch, hub, alpha: int, seed: int):
                                 slowfast_fusion_conv_kernel_size=(7, 1, 1),
                                 head_pool_kernel_sizes=((4, 7, 7), (32, 7, 7)))  # fmt: skip
     model.blocks[5].pool = torch.nn.ModuleList([torch.nn.AdaptiveAvgPool3d(1)] * 2)
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm3d):
-            n = m.num_features
-            m.weight.data.copy_(0.5 + torch.rand((n,), generator=gen))
-            m.bias.data.copy_(0.2 * torch.randn((n,), generator=gen))
-            m.running_mean.copy_(0.2 * torch.randn((n,), generator=gen))
-            m.running_var.copy_(0.5 + 1.5 * torch.rand((n,), generator=gen))
-        elif isinstance(m, torch.nn.Linear):
-            # Small enough that the deep random net's logits stay O(10) (1e-4 stays meaningful).
-            m.weight.data.copy_(0.005 * torch.randn(m.weight.shape, generator=gen))
-            m.bias.data.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
+    # Small Linear weights keep the deep random net's logits O(10), so 1e-4 means something.
+    torch_compat.randomize_batch_norm(torch, model, seed, linear_std=0.005)
     return model.eval()
 
 

@@ -55,3 +55,22 @@ def import_pytorchvideo_hub():
         if e.name and e.name.startswith("pytorchvideo"):
             pytest.skip("pytorchvideo not installed (pip install '.[torch]')")
         raise
+
+
+def randomize_batch_norm(torch, model, seed: int = 0, *, linear_std: float | None = None):
+    """In place: non-trivial BatchNorm3d affine parameters and running statistics (what a
+    parity test must not get right by accident), and with ``linear_std`` the Linear layers'
+    weights N(0, linear_std^2) and biases N(0, 0.1^2) (logits large enough to compare).
+    Returns the model."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.weight.uniform_(0.5, 1.5, generator=gen)
+                m.bias.normal_(0.0, 0.2, generator=gen)
+                m.running_mean.normal_(0.0, 0.2, generator=gen)
+                m.running_var.uniform_(0.5, 2.0, generator=gen)
+            elif isinstance(m, torch.nn.Linear) and linear_std is not None:
+                m.weight.normal_(0.0, linear_std, generator=gen)
+                m.bias.normal_(0.0, 0.1, generator=gen)
+    return model
