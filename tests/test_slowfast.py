@@ -11,6 +11,7 @@ is the same operation there and lets a small clip through (ours pools globally).
 
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
@@ -65,10 +66,16 @@ def _torch_logits(torch, model, clip, alpha):
         return model([slow, fast]).numpy()
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(module, variables, clip):
+    # One compile per (hashable) module: both layouts' tests share the R50 8x8 one.
+    return module.apply(variables, clip, train=False)
+
+
 def _assert_parity(torch, model, module, variables, alpha, seed):
     clip = np.random.default_rng(seed).standard_normal((*CLIP, 3)).astype(np.float32)
     ref = _torch_logits(torch, model, clip, alpha)
-    logits, feats = jax.jit(lambda v, x: module.apply(v, x, train=False))(variables, clip)
+    logits, feats = _apply(module, variables, clip)
     assert np.abs(ref).max() > 0.1
     np.testing.assert_allclose(np.asarray(logits), ref, rtol=0, atol=1e-4)
     assert feats["pre_logits"].shape == (CLIP[0], 2048 + 256)
