@@ -27,3 +27,21 @@ def test_benchmark_and_the_step_import_without_tensorflow_or_clu():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "HEAVY []" in out.stdout, out.stdout[-2000:]
+
+
+def test_forward_benchmark_times_every_model_and_knows_peaks(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench", os.path.join(ROOT, "tools", "benchmark.py")
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.peak_tflops("NVIDIA H200", "bfloat16") == 989.0
+    assert bench.peak_tflops("NVIDIA H100 80GB HBM3", "float32") == 67.0
+    assert bench.peak_tflops("cpu", "bfloat16") is None
+    bench.main(["--forward", "--batch", "2", "--steps", "1", "--warmup", "0",
+                "--set", "data.num_frames=4", "--set", "data.crop_size=16"])  # fmt: skip
+    out = capsys.readouterr().out
+    for model in ("x3d/mini | student", "x3d/mini_m | cnn", "vit/mini | vit"):
+        assert f"| {model} |" in out, out

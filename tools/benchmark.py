@@ -3,6 +3,16 @@
     python tools/benchmark.py --config configs/default.py --batch 32 --steps 20
     python tools/benchmark.py --config configs/default.py --batch 64 \
         --set data.num_frames=16 --set data.crop_size=112
+    python tools/benchmark.py --forward --torch --batch 16 --set dtype=bfloat16 \
+        --set student.name=x3d --set student.variant=s ... (each model's forward alone)
+
+``--forward`` times each model's inference forward alone (student and teachers,
+jitted, random weights) and reports its MFU: 2 x MACs per clip x clips/s over the
+device's bf16 (or fp32) peak, where the card is known. ``--torch`` adds the same
+forwards in PyTorch (pytorchvideo X3D, torchvision MViTv2-S / R(2+1)D, eager,
+autocast for bfloat16, cudnn.benchmark), same input, and the JAX / PyTorch ratio.
+Nothing here imports TensorFlow: GPU machines need only JAX, Flax, Optax, NumPy,
+ml-collections (and PyTorch for ``--torch``).
 
 Builds the config's student, teachers (random weights: speed does not depend on
 them) and objective, jits the same train step the trainer uses (state donated,
@@ -57,6 +67,108 @@ def _memory(compiled) -> tuple[float, str]:
     m = compiled.memory_analysis()
     total = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
     return total / 2**20, "XLA estimate"
+
+
+# Dense peak TFLOP/s of accelerators by ``device_kind`` prefix: (bf16, fp32). NVIDIA data
+# sheets (SXM, without sparsity); a card not listed gets no MFU.
+PEAK_TFLOPS: dict[str, tuple[float, float]] = {
+    "NVIDIA H100": (989.0, 67.0),
+    "NVIDIA H200": (989.0, 67.0),
+    "NVIDIA A100": (312.0, 19.5),
+    "TPU v4": (275.0, 275.0),
+    "TPU v5 lite": (197.0, 197.0),
+}
+
+
+def peak_tflops(device_kind: str, dtype: str) -> float | None:
+    for prefix, (bf16, fp32) in PEAK_TFLOPS.items():
+        if device_kind.startswith(prefix):
+            return bf16 if dtype == "bfloat16" else fp32
+    return None
+
+
+def _timed(fn, steps: int, warmup: int) -> list[float]:
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        fn()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def forward_rows(config, *, batch: int, steps: int, warmup: int, torch_too: bool) -> list[dict]:
+    """Inference forward of the student and every teacher (JAX, and PyTorch if asked)."""
+    from vkd_jax import evaluation
+
+    t, s = config.data.num_frames, config.data.crop_size
+    dtype = stages.compute_dtype(config)
+    specs = {"student": config.student, **dict(config.teachers)}
+    dev = jax.devices()[0]
+    peak = peak_tflops(dev.device_kind, config.dtype)
+    video = jnp.asarray(np.random.default_rng(0).standard_normal((batch, t, s, s, 3)), dtype)
+    rows = []
+    for name, spec in specs.items():
+        model = models.get_model(spec.name, variant=spec.variant, num_classes=400, dtype=dtype,
+                                 input_size=(t, s, s))  # fmt: skip
+        variables = jax.jit(lambda r, m=model: m.init(r, video[:1], train=False))(jax.random.key(0))
+        macs = evaluation.count_macs(model, variables, (t, s, s))
+        fwd = jax.jit(lambda v, x, m=model: m.apply(v, x, train=False)[0])
+        t0 = time.perf_counter()
+        compiled = fwd.lower(variables, video).compile()
+        compile_s = time.perf_counter() - t0
+        run = lambda c=compiled, v=variables: c(v, video).block_until_ready()
+        times = _timed(run, steps, warmup)
+        row = dict(model=f"{spec.name}/{spec.variant}", role=name, gmacs=macs / 1e9,
+                   jax_ms=1000 * float(np.median(times)), compile_s=compile_s)  # fmt: skip
+        if peak:
+            row["mfu"] = 2 * macs * batch / (row["jax_ms"] / 1000) / (peak * 1e12)
+        if torch_too:
+            try:
+                row["torch_ms"] = torch_forward_ms(spec, config, batch, steps, warmup)
+            except (ImportError, RuntimeError) as e:  # e.g. a torchvision build that won't load
+                print(f"PyTorch reference of {row['model']} unavailable: {str(e)[:120]}")
+                row["torch_ms"] = None
+        rows.append(row)
+    return rows
+
+
+def torch_forward_ms(spec, config, batch: int, steps: int, warmup: int) -> float | None:
+    """Median ms of the PyTorch reference's forward (None: no reference for this model)."""
+    import torch
+
+    name = f"{spec.name}/{spec.variant}"
+    if spec.name == "x3d" and spec.variant in ("xs", "s", "m", "l"):
+        import pytorchvideo.models.hub as hub
+
+        model = getattr(hub, f"x3d_{spec.variant}")(pretrained=False)
+        # The hub's head pools with a kernel sized for the standard clip; any clip here.
+        model.blocks[5].pool.pool = torch.nn.AdaptiveAvgPool3d(1)
+    elif name == "mvit/v2_s":
+        import torchvision
+
+        model = torchvision.models.video.mvit_v2_s()
+    elif name == "r2plus1d/18":
+        import torchvision
+
+        model = torchvision.models.video.r2plus1d_18()
+    else:
+        return None
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    torch.backends.cudnn.benchmark = True
+    model = model.eval().to(device)
+    t, s = config.data.num_frames, config.data.crop_size
+    x = torch.randn(batch, 3, t, s, s, device=device)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=config.dtype == "bfloat16")
+
+    def run():
+        with torch.no_grad(), autocast:
+            model(x)
+        if cuda:
+            torch.cuda.synchronize()
+
+    return 1000 * float(np.median(_timed(run, steps, warmup)))
 
 
 def bench(config, *, batch: int, steps: int, warmup: int, distill: bool) -> dict:
@@ -149,9 +261,14 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
     parser.add_argument("--set", action="append", default=[], help="key=value config override")
+    parser.add_argument("--forward", action="store_true", help="each model's forward alone")
+    parser.add_argument("--torch", action="store_true", help="with --forward: PyTorch too")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set)
     config_lib.validate(config)
+    if args.forward:
+        print_forward(config, args)
+        return
     rows = [
         bench(config, batch=args.batch, steps=args.steps, warmup=args.warmup, distill=d)
         for d in (True, False)
@@ -172,6 +289,33 @@ def main(argv=None) -> None:
             f"| {r['what']} | {r['teachers']} | {r['step_ms']:.1f} | {r['p90_ms']:.1f} | "
             f"{r['clips_per_s']:.1f} | {r['memory_mib']:.0f} ({r['memory_kind']}) | "
             f"{r['compile_s']:.1f} |"
+        )
+
+
+def _header(config, args) -> str:
+    dev = jax.devices()[0]
+    t, s = config.data.num_frames, config.data.crop_size
+    return (
+        f"device: {jax.device_count()} x {dev.device_kind} ({dev.platform}); host: "
+        f"{platform.machine()}, {os.cpu_count()} CPUs; jax {jax.__version__}; "
+        f"dtype {config.dtype}; clip {t}x{s}x{s}; batch {args.batch}"
+    )
+
+
+def print_forward(config, args) -> None:
+    rows = forward_rows(config, batch=args.batch, steps=args.steps, warmup=args.warmup,
+                        torch_too=args.torch)  # fmt: skip
+    print(f"\nvkd_jax forward benchmark: {args.config} {' '.join(args.set)}")
+    print(_header(config, args) + "\n")
+    print("| model | role | GMACs/clip | JAX ms | MFU | PyTorch ms | JAX speed-up | compile s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
+        tms = r.get("torch_ms")
+        ratio = f"{tms / r['jax_ms']:.2f}x" if tms else "-"
+        print(
+            f"| {r['model']} | {r['role']} | {r['gmacs']:.2f} | {r['jax_ms']:.1f} | {mfu} | "
+            f"{'-' if tms is None else f'{tms:.1f}'} | {ratio} | {r['compile_s']:.1f} |"
         )
 
 
