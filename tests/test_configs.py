@@ -163,3 +163,25 @@ def test_compilation_cache_is_on_by_default_configurable_and_fills(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, timeout=300, env=env)  # fmt: skip
     assert out.stdout.split("USED ")[1].strip() == str(tmp_path / "from_env")
+
+
+def test_remote_data_dir_is_accepted_and_remote_dirs_we_write_or_open_are_refused():
+    """A gs:// TFDS data_dir passes the checks without touching the network (TFDS reads
+    it); a gs:// workdir or model directory is refused naming the fix (both are read or
+    written with open(): a mounted bucket works)."""
+    c = config_lib.default_config()
+    c.data.data_dir = "gs://bucket/tensorflow_datasets"
+    for mode in ("train", "experiment"):
+        config_lib.validate(_with(c, mode=mode))
+    for key in ("init_checkpoint", "teachers.cnn.checkpoint"):
+        bad = _with(c, mode="distill")
+        node, *rest = key.split(".")
+        if rest:
+            bad[node].cnn.checkpoint = "gs://bucket/teachers/x3d_m"
+        else:
+            bad[node] = "gs://bucket/runs/pretext/model"
+        with pytest.raises(config_lib.ConfigError, match=f"{key}.*remote model directories"):
+            config_lib.validate(bad)
+    with pytest.raises(config_lib.ConfigError, match="remote workdirs are not supported"):
+        config_lib.check_workdir("gs://bucket/runs/x")
+    assert config_lib.check_workdir("runs/x") == os.path.abspath("runs/x")

@@ -107,7 +107,7 @@ def main(argv):
         enable_compilation_cache(config.compilation_cache)
         if os.environ.get("VKD_DISTRIBUTED"):  # Multi-host (TPU pods): one process per host.
             jax.distributed.initialize()
-        workdir = os.path.abspath(FLAGS.workdir)
+        workdir = config_lib.check_workdir(FLAGS.workdir)
         os.makedirs(workdir, exist_ok=True)
         logging.info("vkd_jax mode=%s workdir=%s devices=%s", config.mode, workdir, jax.devices())
 
