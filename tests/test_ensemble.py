@@ -95,8 +95,8 @@ def _record(row, teachers, students, scratch, blocks=None):
         "student_top1": students,
         "scratch_top1": scratch,
     }
-    if blocks:
-        rec["cka"] = {n: {"block_score": b} for n, b in blocks.items()}
+    if blocks:  # 6 layers: 10 pairs at least 2 apart.
+        rec["cka"] = {n: {"block_score": b, "layers": 6} for n, b in blocks.items()}
     return rec
 
 
@@ -119,6 +119,12 @@ def test_verdicts_compare_the_student_with_its_best_teacher_within_the_seed_spre
     assert [x["row"] for x in blocks] == ["a", "b"]  # Row c has no maps.
     assert blocks[0]["verdict"] == "holds" and blocks[0]["difference"] == pytest.approx(0.3)
     assert blocks[1]["verdict"].startswith("does not hold")
+    assert [ensemble._distant_pairs(n, 2) for n in (2, 3, 6, 10)] == [0, 1, 10, 36]
+    # Half a layer pair apart (teachers 0.1 and 0.0, student 0.0): no finding either way.
+    tiny = [_record("d", {"t1": 0.4, "t2": 0.3}, [0.5, 0.5], [0.2, 0.2],
+                    {"t1": 0.1, "t2": 0.0, "student": 0.0})]  # fmt: skip
+    v = [x for x in ensemble.verdicts("ood_teachers", tiny) if x["row"] == "d"]
+    assert v[-1]["verdict"].startswith("not shown here (less than one layer pair")
     # Task categories also compare with the student without pretraining (ST).
     v = ensemble.verdicts("task_categories", rows[:1])
     st = [x for x in v if x["compared_with"] == "ST"]

@@ -405,7 +405,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     results = {
         "analysis": e.analysis,
         "rows": rows,
-        "verdicts": verdicts(e.analysis, rows),
+        "verdicts": verdicts(e.analysis, rows, int(e.block_min_gap)),
         "seconds": time.time() - started,
         "stage_seconds": _stage_seconds(teachers, workdir),
     }
@@ -470,11 +470,14 @@ def _verdict(diff: float, std: float) -> str:
     return "does not hold here (the opposite holds)"
 
 
-def verdicts(analysis: str, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def verdicts(
+    analysis: str, rows: Sequence[Mapping[str, Any]], min_gap: int = 2
+) -> list[dict[str, Any]]:
     """The study's inference for ``analysis`` and the block-structure one, per row.
 
     A difference "holds" when it exceeds the students' seed-to-seed std (teachers are
-    single runs), is "within one std" when smaller, else the opposite holds.
+    single runs), is "within one std" when smaller, else the opposite holds. Block
+    scores (``min_gap``: the score's) must differ by at least one layer pair.
     """
     out = []
     if analysis == "subset_size":
@@ -507,11 +510,22 @@ def verdicts(analysis: str, rows: Sequence[Mapping[str, Any]]) -> list[dict[str,
             continue
         t_scores = [cka[n]["block_score"] for n in row["teachers"] if n in cka]
         diff = float(np.nanmean(t_scores)) - cka["student"]["block_score"]
+        # The score is a share of layer pairs: a difference under one pair is no finding.
+        pairs = _distant_pairs(cka["student"].get("layers", 0), min_gap)
+        if pairs and abs(diff) * pairs < 1 - 1e-9:
+            verdict = "not shown here (less than one layer pair apart)"
+        else:
+            verdict = "holds" if diff > 0 else "does not hold here (same or more block structure)"
         out.append(dict(inference=BLOCK_INFERENCE, row=row["row"],
                         compared_with="mean of its teachers", difference=diff, std=0.0,
-                        verdict="holds" if diff > 0 else
-                        "does not hold here (same or more block structure)"))  # fmt: skip
+                        verdict=verdict))  # fmt: skip
     return out
+
+
+def _distant_pairs(num_layers: int, min_gap: int) -> int:
+    """Layer pairs at least ``min_gap`` apart among ``num_layers`` (what a score counts)."""
+    n = num_layers - min_gap
+    return n * (n + 1) // 2 if n > 0 else 0
 
 
 # ------------------------------------------------------------------------------ table
