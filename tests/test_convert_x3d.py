@@ -175,16 +175,9 @@ _TO_PYSLOWFAST = [
 ]
 
 
-def _to_pyslowfast(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    out = {}
-    for key, value in sd.items():
-        new = key
-        for pattern, repl in _TO_PYSLOWFAST:
-            new = re.sub(pattern, repl, new)
-        assert new.startswith(("s1.", "s2.", "s3.", "s4.", "s5.", "head.")), (key, new)
-        out[new] = value
-    assert len(out) == len(sd)
-    return out
+def _to_pyslowfast(sd):
+    prefixes = ("s1.", "s2.", "s3.", "s4.", "s5.", "head.")
+    return torch_compat.rename_keys(sd, _TO_PYSLOWFAST, prefixes)
 
 
 def test_pyslowfast_parity_with_stage1_shortcut_bn(torch, hub):

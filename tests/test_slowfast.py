@@ -12,7 +12,6 @@ is the same operation there and lets a small clip through (ours pools globally).
 from __future__ import annotations
 
 import functools
-import re
 
 import jax
 import numpy as np
@@ -122,15 +121,7 @@ _TO_PYSLOWFAST = [
 
 
 def _to_pyslowfast(sd):
-    out = {}
-    for key, value in sd.items():
-        new = key
-        for pattern, repl in _TO_PYSLOWFAST:
-            new = re.sub(pattern, repl, new)
-        assert new.startswith(("s1", "s2", "s3", "s4", "s5", "head.")), (key, new)
-        out[new] = value
-    assert len(out) == len(sd)
-    return out
+    return torch_compat.rename_keys(sd, _TO_PYSLOWFAST, ("s1", "s2", "s3", "s4", "s5", "head."))
 
 
 @pytest.mark.parametrize("layout", ["pytorchvideo", "pyslowfast"])

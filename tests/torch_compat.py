@@ -74,3 +74,20 @@ def randomize_batch_norm(torch, model, seed: int = 0, *, linear_std: float | Non
                 m.weight.normal_(0.0, linear_std, generator=gen)
                 m.bias.normal_(0.0, 0.1, generator=gen)
     return model
+
+
+def rename_keys(state_dict: dict, rules, prefixes: tuple[str, ...]) -> dict:
+    """``state_dict`` with every key rewritten by the ``(pattern, replacement)`` regex
+    ``rules`` in order (e.g. pytorchvideo -> PySlowFast names); every new key must start
+    with one of ``prefixes``, and no two keys may collide."""
+    import re
+
+    out = {}
+    for key, value in state_dict.items():
+        new = key
+        for pattern, repl in rules:
+            new = re.sub(pattern, repl, new)
+        assert new.startswith(prefixes), (key, new)
+        out[new] = value
+    assert len(out) == len(state_dict)
+    return out
