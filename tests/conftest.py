@@ -48,3 +48,19 @@ def tiny_data_dir(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("tfds")
     pipeline.load_builder(tiny_config(data_dir).data)
     return data_dir
+
+
+# PyTorch references of the parity tests (skipped with the reason when absent).
+@pytest.fixture(scope="module")
+def torch():
+    import torch_compat
+
+    return torch_compat.import_torch()
+
+
+@pytest.fixture(scope="module")
+def hub():
+    """pytorchvideo's model hub (X3D, SlowFast builders)."""
+    import torch_compat
+
+    return torch_compat.import_pytorchvideo_hub()

@@ -27,16 +27,6 @@ from vkd_jax.models import x3d
 CLIP = (2, 4, 40, 40)  # B, T, H, W: 40 px exercises odd sizes (5 -> 3 -> 2) in late stages.
 
 
-@pytest.fixture(scope="module")
-def torch():
-    return torch_compat.import_torch()
-
-
-@pytest.fixture(scope="module")
-def hub():
-    return torch_compat.import_pytorchvideo_hub()
-
-
 def _randomize(torch, model, seed: int):
     # pytorchvideo's std 0.01 would make logits ~1e-2: too small to test anything.
     return torch_compat.randomize_batch_norm(torch, model, seed, linear_std=0.05)

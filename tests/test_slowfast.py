@@ -25,16 +25,6 @@ from vkd_jax.models import slowfast
 CLIP = (2, 8, 32, 32)  # B, T, H, W
 
 
-@pytest.fixture(scope="module")
-def torch():
-    return torch_compat.import_torch()
-
-
-@pytest.fixture(scope="module")
-def hub():
-    return torch_compat.import_pytorchvideo_hub()
-
-
 def _reference(torch, hub, alpha: int, seed: int):
     torch.manual_seed(seed)
     if alpha == 4:

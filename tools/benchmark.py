@@ -273,14 +273,9 @@ def main(argv=None) -> None:
         bench(config, batch=args.batch, steps=args.steps, warmup=args.warmup, distill=d)
         for d in (True, False)
     ]
-    dev = jax.devices()[0]
-    t, s = config.data.num_frames, config.data.crop_size
     print(
         f"\nvkd_jax train-step benchmark: {args.config} {' '.join(args.set)}\n"
-        f"device: {jax.device_count()} x {dev.device_kind} ({dev.platform}); host: "
-        f"{platform.machine()}, {os.cpu_count()} CPUs; jax {jax.__version__}; "
-        f"dtype {config.dtype}; clip {t}x{s}x{s}; global batch {args.batch}; "
-        f"student {config.student.name}/{config.student.variant}\n"
+        f"{_header(config, args)}; student {config.student.name}/{config.student.variant}\n"
     )
     print("| step | teachers | median ms | p90 ms | clips/s | memory MiB | compile s |")
     print("|---|---|---|---|---|---|---|")
@@ -298,7 +293,7 @@ def _header(config, args) -> str:
     return (
         f"device: {jax.device_count()} x {dev.device_kind} ({dev.platform}); host: "
         f"{platform.machine()}, {os.cpu_count()} CPUs; jax {jax.__version__}; "
-        f"dtype {config.dtype}; clip {t}x{s}x{s}; batch {args.batch}"
+        f"dtype {config.dtype}; clip {t}x{s}x{s}; global batch {args.batch}"
     )
 
 

@@ -46,6 +46,7 @@ import numpy as np
 from absl import logging
 
 from vkd_jax import config_lib, evaluation, stages, train
+from vkd_jax.config_lib import ConfigError
 from vkd_jax.data import pipeline
 from vkd_jax.experiment import mean_std
 
@@ -84,51 +85,52 @@ NO_PRETRAINING = "none"
 # ----------------------------------------------------------------------------- config
 
 
-def _error(message: str) -> config_lib.ConfigError:
-    return config_lib.ConfigError(message)
-
-
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first bad key of the ``ensemble`` section."""
     if "ensemble" not in config:
-        raise _error("mode=ensemble needs an `ensemble` section: use a configs/ensembles/ config")
+        raise ConfigError(
+            "mode=ensemble needs an `ensemble` section: use a configs/ensembles/ config"
+        )
     e = config.ensemble
     if e.analysis not in ANALYSES:
-        raise _error(f"ensemble.analysis = {e.analysis!r}: one of {', '.join(ANALYSES)}")
+        raise ConfigError(f"ensemble.analysis = {e.analysis!r}: one of {', '.join(ANALYSES)}")
     if not e.rows:
-        raise _error("ensemble.rows is empty: nothing to distil")
+        raise ConfigError("ensemble.rows is empty: nothing to distil")
     if not e.seeds:
-        raise _error("ensemble.seeds is empty: at least one student seed is needed")
+        raise ConfigError("ensemble.seeds is empty: at least one student seed is needed")
     for key in ("pretrain.steps", "pretrain.batch_size", "pretrain.frame_stride"):
         if not config_lib._get(e, key) >= 1:
-            raise _error(f"ensemble.{key} = {config_lib._get(e, key)!r}: must be >= 1")
+            raise ConfigError(f"ensemble.{key} = {config_lib._get(e, key)!r}: must be >= 1")
     if not e.finetune_steps >= 0:
-        raise _error(f"ensemble.finetune_steps = {e.finetune_steps!r}: must be >= 0")
+        raise ConfigError(f"ensemble.finetune_steps = {e.finetune_steps!r}: must be >= 0")
     for name, d in e.domains.items():
         if set(d.keys()) != _DOMAIN_KEYS:
-            raise _error(f"ensemble.domains.{name} must have keys {sorted(_DOMAIN_KEYS)}")
+            raise ConfigError(f"ensemble.domains.{name} must have keys {sorted(_DOMAIN_KEYS)}")
     for row_name, row in e.rows.items():
         if set(row.keys()) != _ROW_KEYS:
-            raise _error(f"ensemble.rows.{row_name} must have keys {sorted(_ROW_KEYS)}")
+            raise ConfigError(f"ensemble.rows.{row_name} must have keys {sorted(_ROW_KEYS)}")
         _split_model(row.student, f"ensemble.rows.{row_name}.student")
         if len(row.teachers) < 2:
-            raise _error(f"ensemble.rows.{row_name}: an ensemble needs at least 2 teachers")
+            raise ConfigError(f"ensemble.rows.{row_name}: an ensemble needs at least 2 teachers")
         for t_name, t in row.teachers.items():
             where = f"ensemble.rows.{row_name}.teachers.{t_name}"
             if set(t.keys()) != _TEACHER_KEYS:
-                raise _error(f"{where} must have keys {sorted(_TEACHER_KEYS)} (teacher_spec)")
+                raise ConfigError(
+                    f"{where} must have keys {sorted(_TEACHER_KEYS)} "
+                    "(configs/ensembles/common.teacher)"
+                )
             _split_model(t.model, f"{where}.model")
             if t.domain not in e.domains:
-                raise _error(f"{where}.domain = {t.domain!r}: not in ensemble.domains")
+                raise ConfigError(f"{where}.domain = {t.domain!r}: not in ensemble.domains")
             if t.task != NO_PRETRAINING:
                 from vkd_jax import pretext
 
                 try:
                     pretext.task_module(t.task)
                 except ValueError as err:
-                    raise _error(f"{where}.task: {err}") from None
+                    raise ConfigError(f"{where}.task: {err}") from None
             if t.complexity not in (1, 2, 3):
-                raise _error(f"{where}.complexity = {t.complexity!r}: one of 1, 2, 3")
+                raise ConfigError(f"{where}.complexity = {t.complexity!r}: one of 1, 2, 3")
 
 
 def ordered(section: ml_collections.ConfigDict) -> list[tuple[str, Any]]:
@@ -141,7 +143,7 @@ def ordered(section: ml_collections.ConfigDict) -> list[tuple[str, Any]]:
 def _split_model(model: str, where: str) -> tuple[str, str]:
     parts = model.split("/")
     if len(parts) != 2 or not all(parts):
-        raise _error(f"{where} = {model!r}: expected 'family/variant', e.g. 'r2plus1d/tiny'")
+        raise ConfigError(f"{where} = {model!r}: expected 'family/variant', e.g. 'r2plus1d/tiny'")
     return parts[0], parts[1]
 
 
@@ -216,7 +218,7 @@ def _claim_teacher_dir(config, t, root: str) -> None:
             have = json.load(f)
         if have != want:
             diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
-            raise config_lib.ConfigError(
+            raise ConfigError(
                 f"{root} holds a teacher trained with other settings ({', '.join(diff)} "
                 "differ); use another ensemble.teacher_dir or workdir"
             )
@@ -317,9 +319,7 @@ def row_maps(config, workdir: str, row_name: str, row, teachers, student_dir, sc
         paths["scratch"] = scratch_dir
         maps = dict(cka_maps.model_self_maps(config, paths))
         if jax.process_index() == 0:
-            panels = [
-                (v, r, c, _panel_title(n, row, teachers, config)) for n, (v, r, c) in maps.items()
-            ]
+            panels = [(v, r, c, _panel_title(n, row)) for n, (v, r, c) in maps.items()]
             cka.plot_cka_maps(panels, os.path.join(outdir, f"{row_name}.png"))
             cka.save_cka_json(json_path, maps)
     e = config.ensemble
@@ -334,7 +334,7 @@ def row_maps(config, workdir: str, row_name: str, row, teachers, student_dir, sc
     }  # fmt: skip
 
 
-def _panel_title(name, row, teachers, config) -> str:
+def _panel_title(name: str, row) -> str:
     if name in row.teachers:
         t = row.teachers[name]
         return f"{name}: {_describe(t)}"
@@ -446,7 +446,7 @@ def _figure(config, workdir: str) -> None:
         path = os.path.join(workdir, "cka", f"{row_name}.json")
         maps = cka.load_cka_json(path)
         grid.append(
-            [(v, r, c, f"{row.title}\n{_panel_title(n, row, {}, config)}")
+            [(v, r, c, f"{row.title}\n{_panel_title(n, row)}")
              for n, (v, r, c) in maps.items()]
         )  # fmt: skip
     cka.plot_cka_grid(grid, os.path.join(workdir, f"{config.ensemble.analysis}_cka.png"))

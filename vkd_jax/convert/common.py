@@ -275,3 +275,26 @@ def for_variant(convert: Callable, variant: str, doc: str) -> Callable:
 
     fn.__doc__ = doc
     return fn
+
+
+def detect_layout(keys, markers: Mapping[str, tuple[str, str]], model: str) -> str:
+    """The checkpoint layout whose marker prefix some key starts with.
+
+    Args:
+      keys: the state_dict's keys.
+      markers: layout -> (its name in messages, a key prefix only it has), in the
+        order they are tried.
+      model: the architecture's name in the error message.
+
+    Raises:
+      ConversionError: no layout's marker matches (names the expected prefixes).
+    """
+    keys = list(keys)
+    for layout, (_, prefix) in markers.items():
+        if any(k.startswith(prefix) for k in keys):
+            return layout
+    expected = " or ".join(f"{label} keys ({prefix}*)" for label, prefix in markers.values())
+    article = "an" if model[0] in "AEIOUX" else "a"
+    raise ConversionError(
+        f"Not {article} {model} checkpoint: expected {expected}; first keys: {keys[:5]}"
+    )

@@ -45,15 +45,11 @@ _BLOCK = {
 
 def detect_layout(keys) -> str:
     """``"pytorchvideo"`` or ``"pyslowfast"`` from the state_dict's keys."""
-    keys = list(keys)
-    if any(k.startswith("blocks.0.multipathway_blocks.") for k in keys):
-        return "pytorchvideo"
-    if any(k.startswith("s1.pathway0_stem.") for k in keys):
-        return "pyslowfast"
-    raise common.ConversionError(
-        "Not a SlowFast checkpoint: expected pytorchvideo keys (blocks.0.multipathway_blocks.*)"
-        f" or PySlowFast keys (s1.pathway0_stem.*); first keys: {keys[:5]}"
-    )
+    markers = {
+        "pytorchvideo": ("pytorchvideo", "blocks.0.multipathway_blocks."),
+        "pyslowfast": ("PySlowFast", "s1.pathway0_stem."),
+    }
+    return common.detect_layout(keys, markers, "SlowFast")
 
 
 def torch_key(path: tuple[str, ...], layout: str, num_stages: int = 4) -> str:

@@ -104,15 +104,11 @@ _NUM_STAGES = 4
 
 def detect_layout(keys) -> str:
     """``"pytorchvideo"`` or ``"pyslowfast"`` from the state_dict's keys."""
-    keys = list(keys)
-    if any(k.startswith("blocks.0.conv.") for k in keys):
-        return "pytorchvideo"
-    if any(k.startswith("s1.pathway0_stem.") for k in keys):
-        return "pyslowfast"
-    raise common.ConversionError(
-        "Not an X3D checkpoint: expected pytorchvideo keys (blocks.0.conv.*) or PySlowFast "
-        f"keys (s1.pathway0_stem.*); first keys: {keys[:5]}"
-    )
+    markers = {
+        "pytorchvideo": ("pytorchvideo", "blocks.0.conv."),
+        "pyslowfast": ("PySlowFast", "s1.pathway0_stem."),
+    }
+    return common.detect_layout(keys, markers, "X3D")
 
 
 def torch_key(path: tuple[str, ...], layout: str) -> str:
