@@ -252,6 +252,21 @@ def get_config() -> ml_collections.ConfigDict:
     ev.latency_batch_size = 1  # Clips per call when timing the deployed student.
     ev.latency_iters = 20  # Timed calls (after warm-up) for the latency figure.
 
+    # ---------------------------------------------------------- mode=export
+    # A model directory as TF SavedModel, LiteRT (float32 and int8) and ONNX, each checked
+    # against the Flax model as it is written (vkd_jax.export; README "Deploy").
+    c.export = x = ml_collections.ConfigDict()
+    # Model directory exported; "" = this workdir's distilled student (mode=experiment's
+    # student_distill/model).
+    x.model = ""
+    x.formats = ("saved_model", "tflite", "tflite_int8", "onnx")  # Any subset.
+    x.outdir = ""  # Where the artifacts go; "" = <workdir>/export.
+    x.batch_size = 1  # Fixed batch of the LiteRT and ONNX models (the SavedModel's is free).
+    x.tolerance = 1e-4  # Largest |logit - Flax logit| a float32 artifact may show.
+    # Videos of data.eval_split on which every artifact's top-1 is measured next to the
+    # Flax model's (multi-view, as evaluation); 0 = none, -1 = the whole split.
+    x.eval_videos = -1
+
     # ------------------------------------------------------------------ CKA
     c.cka = k = ml_collections.ConfigDict()
     k.kernel = "linear"  # linear | rbf.

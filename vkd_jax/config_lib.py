@@ -24,6 +24,7 @@ MODES = (
     "pretrain",
     "probe",
     "ensemble",
+    "export",
 )
 # Modes that load the teachers given by `teachers.<name>.checkpoint`; the other modes never
 # read those keys, so a recipe's required checkpoints are not required there (fine-tuning

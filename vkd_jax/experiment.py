@@ -154,10 +154,62 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
         from vkd_jax import cka_maps  # Imports matplotlib; only when maps are wanted.
 
         results["cka"] = cka_maps.experiment_maps(config, workdir, teacher_specs)
+    results["efficiency"] = efficiency(
+        distill, teacher_summaries, batch_size=config.eval.latency_batch_size
+    )
     markdown = _results_markdown(rows, results)
     _write_results(workdir, results, markdown)
     print(markdown)
     return results
+
+
+def efficiency(
+    student: dict[str, Any], teachers: dict[str, dict[str, Any]], *, batch_size: int
+) -> dict[str, Any]:
+    """Seed 001's deployment comparison: the student's parameters, MACs and CPU latency
+    against each teacher's, with the reductions in percent (positive = the student is
+    smaller or faster)."""
+
+    def cost(s):
+        return {
+            "model": s["model"],
+            "params": int(s["params"]),
+            "gmacs": float(s["gmacs"]),
+            "latency_ms": float(s["latency"]["median_ms"]),
+        }
+
+    out = {"batch_size": int(batch_size), "student": cost(student), "teachers": {}}
+    for name, t in teachers.items():
+        c = cost(t)
+        c["reduction_pct"] = {
+            key: 100.0 * (1.0 - out["student"][key] / c[key]) if c[key] else None
+            for key in ("params", "gmacs", "latency_ms")
+        }
+        out["teachers"][name] = c
+    return out
+
+
+def efficiency_markdown(eff: dict[str, Any]) -> list[str]:
+    s = eff["student"]
+    lines = [
+        "",
+        f"Efficiency (seed 001's comparison; latency: median of the jitted forward at batch "
+        f"{eff['batch_size']} on this machine's CPU):",
+        "",
+        "| Model | Architecture | Params | GMACs | Latency ms | Student's reduction: params / "
+        "GMACs / latency |",
+        "|---|---|---|---|---|---|",
+        f"| Student | {s['model']} | {s['params']:,} | {s['gmacs']:.4f} | {s['latency_ms']:.2f} "
+        "| - |",
+    ]
+    for name, t in eff["teachers"].items():
+        r = t["reduction_pct"]
+        shown = " / ".join("-" if r[k] is None else f"{r[k]:.0f}%" for k in r)
+        lines.append(
+            f"| Teacher `{name}` | {t['model']} | {t['params']:,} | {t['gmacs']:.4f} | "
+            f"{t['latency_ms']:.2f} | {shown} |"
+        )
+    return lines
 
 
 def run_ablation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -328,6 +380,8 @@ def _results_markdown(rows, results) -> str:
         f"Distillation objective: {results['objective']}",
         f"Distilled student vs scratch: {100 * results['student_gain_top1']:+.1f} top-1 points",
     ]
+    if "efficiency" in results:
+        lines += efficiency_markdown(results["efficiency"])
     datw = results["models"]["student_distill"].get("datw")
     if datw:
         lines += [

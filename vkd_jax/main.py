@@ -44,13 +44,14 @@ def _exit_user_error(message) -> None:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that name a bad input (config, path, checkpoint, data), not a bug."""
-    from vkd_jax import checkpoint, config_lib, train
+    from vkd_jax import checkpoint, config_lib, export, train
     from vkd_jax.convert.common import ConversionError
 
     return (
         config_lib.ConfigError,
         checkpoint.CheckpointError,
         ConversionError,
+        export.ExportError,
         train.NonFiniteLossError,
         FileNotFoundError,
         NotADirectoryError,

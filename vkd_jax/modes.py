@@ -26,6 +26,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Any:
         "pretrain": run_pretrain,
         "probe": run_probe,
         "ensemble": run_ensemble,
+        "export": run_export,
     }[config.mode](config, workdir)
 
 
@@ -132,6 +133,13 @@ def run_ensemble(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
     from vkd_jax import ensemble
 
     return ensemble.run(config, workdir)
+
+
+def run_export(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """SavedModel, LiteRT and ONNX artifacts of ``config.export.model``, checked."""
+    from vkd_jax import export
+
+    return export.run(config, workdir)
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

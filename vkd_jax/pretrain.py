@@ -321,7 +321,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     # ------------------------------------------------------------ export, eval
     variables = train_step.model_variables(state.params["backbone"], state.batch_stats["backbone"])
-    meta = stages.model_metadata(config, spec, info.num_classes)
+    meta = stages.model_metadata(config, spec, info.num_classes, info.class_names)
     meta.update(
         stage=name,
         pretext={"task": task.name, "complexity": int(pcfg.complexity)},

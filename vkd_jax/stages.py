@@ -70,15 +70,30 @@ def compute_dtype(config: ml_collections.ConfigDict) -> Any:
     return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
 
 
-def model_metadata(config: ml_collections.ConfigDict, spec: Any, num_classes: int) -> dict:
-    """What a model directory records so it can be reloaded and reused as a teacher."""
-    return {
+def model_metadata(
+    config: ml_collections.ConfigDict,
+    spec: Any,
+    num_classes: int,
+    class_names: Any = None,
+) -> dict:
+    """What a model directory records so it can be reloaded, reused as a teacher, exported
+    and run on video files (vkd_jax.predict samples clips as the evaluation did)."""
+    d = config.data
+    meta = {
         "name": spec.name,
         "variant": spec.variant,
         "num_classes": int(num_classes),
-        "num_frames": int(config.data.num_frames),
-        "crop_size": int(config.data.crop_size),
-        "mean": list(config.data.mean),
-        "std": list(config.data.std),
-        "dataset": config.data.name,
+        "num_frames": int(d.num_frames),
+        "crop_size": int(d.crop_size),
+        "mean": list(d.mean),
+        "std": list(d.std),
+        "dataset": d.name,
+        "frame_stride": int(d.frame_stride),
+        "eval_num_clips": int(d.eval_num_clips),
+        "eval_num_crops": int(d.eval_num_crops),
     }
+    if d.name == "video_folder":  # How the dataset decoded its videos.
+        meta.update(short_side=int(d.folder.short_side), fps=float(d.folder.fps))
+    if class_names is not None:
+        meta["class_names"] = [str(n) for n in class_names]
+    return meta

@@ -186,7 +186,7 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
     variables = {"params": state.params["student"]}
     if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
-    meta = model_metadata(config, stage.model, info.num_classes)
+    meta = model_metadata(config, stage.model, info.num_classes, info.class_names)
     meta["stage"] = stage.name
     checkpoint.save_model(model_dir, variables, meta)
     summary = evaluation.evaluate_model(config, student, variables, info, stage.workdir, mesh=mesh)

@@ -344,12 +344,16 @@ def train_dataset(
     return _deterministic(ds.prefetch(data_cfg.prefetch))
 
 
-def eval_views(video: tf.Tensor, data_cfg: ml_collections.ConfigDict) -> tf.Tensor:
+def eval_views(
+    video: tf.Tensor, data_cfg: ml_collections.ConfigDict, *, normalized: bool = True
+) -> tf.Tensor:
     """All evaluation views of one video: clips x crops, clip-major.
 
     Args:
       video: uint8 (T, H, W, 3) video.
-      data_cfg: The config's `data` section.
+      data_cfg: The config's `data` section (or any object with its sampling fields).
+      normalized: False returns float32 pixel values in [0, 255] (exported models
+        normalize inside).
 
     Returns:
       float32 normalized (V, num_frames, S, S, 3), V = eval_num_clips * eval_num_crops.
@@ -371,6 +375,8 @@ def eval_views(video: tf.Tensor, data_cfg: ml_collections.ConfigDict) -> tf.Tens
     size = data_cfg.crop_size
     # Static shape, so that padding and batching know it.
     views = tf.ensure_shape(views, (num_views, data_cfg.num_frames, size, size, None))
+    if not normalized:
+        return tf.cast(views, tf.float32)
     return normalize(views, mean=tuple(data_cfg.mean), std=tuple(data_cfg.std))
 
 
@@ -380,6 +386,7 @@ def eval_dataset(
     batch_size: int,
     process_index: int | None = None,
     process_count: int | None = None,
+    normalized: bool = True,
 ) -> tf.data.Dataset:
     """Finite multi-view evaluation batches of this process's share of `eval_split`.
 
@@ -392,6 +399,7 @@ def eval_dataset(
       batch_size: Videos per batch of this process.
       process_index: This process (default `jax.process_index()`).
       process_count: Processes sharing the split (default `jax.process_count()`).
+      normalized: False gives pixel values in [0, 255] (see `eval_views`).
 
     Returns:
       A dataset of {"video": float32 (b, V, T, S, S, 3), "label": int32 (b,),
@@ -407,7 +415,7 @@ def eval_dataset(
         ds = ds.cache()
     ds = ds.map(
         lambda ex: {
-            "video": eval_views(ex["video"], data_cfg),
+            "video": eval_views(ex["video"], data_cfg, normalized=normalized),
             "label": ex["label"],
             "mask": tf.constant(True),
         },

@@ -165,23 +165,40 @@ class Conv3d(nn.Module):
         return y
 
 
-# Set by native_convolutions(): traces then use XLA's convolution on every backend.
-_NATIVE_CONVOLUTIONS = [False]
+# How traces compute convolutions: "auto" (the CPU formulation on CPU, XLA's native
+# convolution elsewhere), "native" (XLA's everywhere) or "portable" (for export).
+_CONVOLUTIONS = ["auto"]
 
 
 @contextlib.contextmanager
+def _convolutions(mode: str):
+    previous = _CONVOLUTIONS[0]
+    _CONVOLUTIONS[0] = mode
+    try:
+        yield
+    finally:
+        _CONVOLUTIONS[0] = previous
+
+
 def native_convolutions():
     """Traces inside use XLA's native convolutions even on CPU.
 
     For counting multiply-accumulates from a trace (fvcore's convention counts
     convolutions, which the CPU formulation would turn into elementwise ops).
     """
-    previous = _NATIVE_CONVOLUTIONS[0]
-    _NATIVE_CONVOLUTIONS[0] = True
-    try:
-        yield
-    finally:
-        _NATIVE_CONVOLUTIONS[0] = previous
+    return _convolutions("native")
+
+
+def portable_convolutions():
+    """Traces inside write depthwise convolutions as shift-and-multiply, 1x1x1 ones as
+    matrix products, and every other convolution natively, strides included.
+
+    For export (vkd_jax.export): LiteRT has no grouped 3D convolution (its converter
+    stops at ``tf.Conv3D`` with feature groups), but it has every op of the
+    shift-and-multiply form; strided convolutions stay strided, so nothing is
+    computed and then thrown away as on the CPU training path.
+    """
+    return _convolutions("portable")
 
 
 def conv3d_apply(
@@ -207,10 +224,13 @@ def conv3d_apply(
     strides, padding = tuple(strides), tuple(padding)
     k = kernel.shape[:3]
     cin, cout = x.shape[-1], kernel.shape[-1]
+    mode = _CONVOLUTIONS[0]
+    portable = cpu_friendly is None and mode == "portable"
     if cpu_friendly is None:
-        cpu_friendly = jax.default_backend() == "cpu" and not _NATIVE_CONVOLUTIONS[0]
-    strided = any(s > 1 for s in strides)
-    if cpu_friendly and k == (1, 1, 1) and groups == 1 and padding == (0, 0, 0):
+        cpu_friendly = portable or (jax.default_backend() == "cpu" and mode == "auto")
+    strided = any(s > 1 for s in strides) and not portable
+    # (Portable: LiteRT's batch matmul stops at rank 4; its 1x1x1 CONV_3D does the job.)
+    if cpu_friendly and not portable and k == (1, 1, 1) and groups == 1 and padding == (0, 0, 0):
         x = x[:, :: strides[0], :: strides[1], :: strides[2]]
         return jnp.einsum("bthwc,cd->bthwd", x, kernel.reshape(cin, cout))
     if cpu_friendly and groups == cin == cout:
@@ -243,6 +263,54 @@ def conv3d_apply(
         # Beyond 4x the extra forward work outweighs the faster backward (patch embeddings).
         return conv((1, 1, 1))[:, :: strides[0], :: strides[1], :: strides[2]]
     return conv(strides)
+
+
+def max_pool3d(
+    x: jax.Array, window: Sequence[int], strides: Sequence[int], padding: Sequence[int]
+) -> jax.Array:
+    """``nn.max_pool`` over (T, H, W) with symmetric -inf padding, as PyTorch's MaxPool3d.
+
+    Under :func:`portable_convolutions` the max of shifted slices: LiteRT has no 3D max
+    pool (its converter keeps a StableHLO ``reduce_window`` that tf2onnx cannot read).
+    """
+    window, strides, padding = tuple(window), tuple(strides), tuple(padding)
+    if _CONVOLUTIONS[0] != "portable":
+        return nn.max_pool(x, window, strides, padding=[(p, p) for p in padding])
+    xp = jnp.pad(x, ((0, 0), *((p, p) for p in padding), (0, 0)), constant_values=-jnp.inf)
+    out = [(n + 2 * p - w) // s + 1 for n, p, w, s in zip(x.shape[1:4], padding, window, strides)]
+    y = None
+    for a in range(window[0]):
+        for b in range(window[1]):
+            for c in range(window[2]):
+                tap = xp[
+                    :,
+                    a : a + (out[0] - 1) * strides[0] + 1 : strides[0],
+                    b : b + (out[1] - 1) * strides[1] + 1 : strides[1],
+                    c : c + (out[2] - 1) * strides[2] + 1 : strides[2],
+                ]
+                y = tap if y is None else jnp.maximum(y, tap)
+    return y
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU, PyTorch's ``nn.GELU()``.
+
+    Under :func:`portable_convolutions` erf is Abramowitz & Stegun's 7.1.26 (absolute
+    error below 1.5e-7, float32's resolution): the LiteRT lowering of ``lax.erf``
+    selects between two branches, and tf2onnx turns that select into arithmetic that
+    gives NaN where the unused branch overflows.
+    """
+    if _CONVOLUTIONS[0] != "portable":
+        return nn.gelu(x, approximate=False)
+    z = x * (1.0 / math.sqrt(2.0))
+    a = jnp.abs(z)
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    poly = 1.061405429
+    for c in (-1.453152027, 1.421413741, -0.284496736, 0.254829592):
+        poly = c + t * poly
+    poly = t * poly
+    erf = jnp.sign(z) * (1.0 - poly * jnp.exp(-a * a))
+    return 0.5 * x * (1.0 + erf)
 
 
 class BatchNorm(nn.Module):

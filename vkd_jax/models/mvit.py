@@ -271,7 +271,13 @@ def _rel_pos_bias(
     bias_t = jnp.einsum("bnthwc,tkc->bnthwk", r_q, rt)
     bias_h = jnp.einsum("bnthwc,hkc->bnthwk", r_q, rh)
     bias_w = jnp.einsum("bnthwc,wkc->bnthwk", r_q, rw)
-    bias = bias_t[..., :, None, None] + bias_h[..., None, :, None] + bias_w[..., None, None, :]
+    # Broadcast at rank 4 (rows = b * n * query positions): LiteRT's add stops at rank 6.
+    rows = b * n * _prod(q_thw)
+    bias = (
+        bias_t.reshape(rows, -1)[:, :, None, None]
+        + bias_h.reshape(rows, -1)[:, None, :, None]
+        + bias_w.reshape(rows, -1)[:, None, None, :]
+    )
     return bias.reshape(b, n, _prod(q_thw), _prod(k_thw))
 
 
@@ -361,7 +367,9 @@ class MultiscaleAttention(nn.Module):
         attn = jax.nn.softmax(attn, axis=-1).astype(self.dtype)
         out = jnp.einsum("bnqk,bnkc->bnqc", attn, v.astype(self.dtype))
         # Residual pooling (MViTv2 Eq. 4), on patch tokens only.
-        out = out.at[:, :, 1:].add(q[:, :, 1:].astype(out.dtype))
+        # A concatenation, not `.at[].add`: the same sum without a scatter (LiteRT's
+        # runtime refuses the scatter this lowers to).
+        out = jnp.concatenate([out[:, :, :1], out[:, :, 1:] + q[:, :, 1:].astype(out.dtype)], 2)
         out = out.transpose(0, 2, 1, 3).reshape(b, -1, dim)
         out = nn.Dense(dim, dtype=self.dtype, name="project")(out)
         out = nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
@@ -373,9 +381,7 @@ def _max_pool_tokens(x: jax.Array, thw: Triple, stride: Triple) -> jax.Array:
     kernel = tuple(s + 1 if s > 1 else s for s in stride)
     cls_tok, patches = x[:, :1], x[:, 1:]
     patches = patches.reshape(x.shape[0], *thw, x.shape[-1])
-    patches = nn.max_pool(
-        patches, kernel, strides=stride, padding=[(k // 2, k // 2) for k in kernel]
-    )
+    patches = layers.max_pool3d(patches, kernel, stride, [k // 2 for k in kernel])
     patches = patches.reshape(x.shape[0], -1, x.shape[-1])
     return jnp.concatenate([cls_tok, patches], axis=1)
 
@@ -391,7 +397,7 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
         x = nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x)
-        x = nn.gelu(x, approximate=False)
+        x = layers.gelu(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         x = nn.Dense(self.out, dtype=self.dtype, name="fc2")(x)
         return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)

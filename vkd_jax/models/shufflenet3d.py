@@ -151,13 +151,12 @@ class ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        x = nn.Conv(
+        x = layers.Conv3d(
             self.features,
             tuple(self.kernel),
             tuple(self.strides),
-            padding=[(k // 2, k // 2) for k in self.kernel],
-            feature_group_count=self.groups,
-            use_bias=False,
+            padding=tuple(k // 2 for k in self.kernel),
+            groups=self.groups,
             dtype=self.dtype,
             kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
             name="conv",
@@ -171,7 +170,7 @@ def _stem(x: jnp.ndarray, width: int, train: bool, dtype: Any) -> jnp.ndarray:
     """conv1 (3x3x3, stride 1,2,2) -> BN -> ReLU -> 3x3x3 max pool, stride 2, padding 1."""
     x = ConvBN(width, (3, 3, 3), (1, 2, 2), dtype=dtype, name="conv1")(x, train)
     # Padding with -inf, like PyTorch's MaxPool3d (the input is post-ReLU anyway).
-    return nn.max_pool(x, (3, 3, 3), (2, 2, 2), padding=((1, 1), (1, 1), (1, 1)))
+    return layers.max_pool3d(x, (3, 3, 3), (2, 2, 2), (1, 1, 1))
 
 
 def _head(

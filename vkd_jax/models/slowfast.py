@@ -182,7 +182,7 @@ class SlowFast(nn.Module):
         for p in paths:
             y = _conv(widths[p], (stem_kt[p], 7, 7), (1, 2, 2), d, f"{p}_stem_conv")(paths[p])
             y = nn.relu(_norm(train, d, f"{p}_stem_norm")(y))
-            y = nn.max_pool(y, (1, 3, 3), (1, 2, 2), padding=((0, 0), (1, 1), (1, 1)))
+            y = layers.max_pool3d(y, (1, 3, 3), (1, 2, 2), (0, 1, 1))
             paths[p] = features[f"{p}_stem"] = y
         paths["slow"] = self._fuse(paths["slow"], paths["fast"], train, 0)
         for i, depth in enumerate(self.depths):

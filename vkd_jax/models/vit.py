@@ -194,7 +194,7 @@ class Block(nn.Module):
         x = x + drop_path(y, deterministic=deterministic)
         y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x)
         y = nn.Dense(int(d * self.mlp_ratio), **dense, name="fc1")(y)
-        y = nn.gelu(y, approximate=False)
+        y = layers.gelu(y)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
         y = nn.Dense(d, **dense, name="fc2")(y)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
