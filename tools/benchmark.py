@@ -10,7 +10,9 @@
 jitted, random weights) and reports its MFU: 2 x MACs per clip x clips/s over the
 device's bf16 (or fp32) peak, where the card is known. ``--torch`` adds the same
 forwards in PyTorch (pytorchvideo X3D, torchvision MViTv2-S / R(2+1)D, eager,
-autocast for bfloat16, cudnn.benchmark), same input, and the JAX / PyTorch ratio.
+autocast for bfloat16, cudnn.benchmark), same input, and the JAX / PyTorch ratio;
+without ``--forward`` it adds the PyTorch distillation step of ``tools/torch_step.py``
+(same objective and loss settings; X3D student and teachers, MViTv2-S).
 Nothing here imports TensorFlow: GPU machines need only JAX, Flax, Optax, NumPy,
 ml-collections (and PyTorch for ``--torch``).
 
@@ -262,7 +264,7 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
     parser.add_argument("--set", action="append", default=[], help="key=value config override")
     parser.add_argument("--forward", action="store_true", help="each model's forward alone")
-    parser.add_argument("--torch", action="store_true", help="with --forward: PyTorch too")
+    parser.add_argument("--torch", action="store_true", help="the PyTorch reference too")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set)
     config_lib.validate(config)
@@ -273,6 +275,19 @@ def main(argv=None) -> None:
         bench(config, batch=args.batch, steps=args.steps, warmup=args.warmup, distill=d)
         for d in (True, False)
     ]
+    if args.torch:  # The same distillation step in PyTorch (tools/torch_step.py).
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import torch_step
+
+        try:
+            ref = torch_step.bench(config, batch=args.batch, steps=args.steps, warmup=args.warmup)
+        except (ImportError, RuntimeError, ValueError) as e:
+            print(f"PyTorch step unavailable: {type(e).__name__}: {e}")
+        else:
+            ref.update(teachers=rows[0]["teachers"], memory_kind="peak allocated",
+                       compile_s=float("nan"))  # fmt: skip
+            print(f"JAX / PyTorch clips/s: {rows[0]['clips_per_s'] / ref['clips_per_s']:.2f}x")
+            rows.append(ref)
     print(
         f"\nvkd_jax train-step benchmark: {args.config} {' '.join(args.set)}\n"
         f"{_header(config, args)}; student {config.student.name}/{config.student.variant}\n"
