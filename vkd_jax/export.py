@@ -179,15 +179,13 @@ def export(
         "tolerance": tolerance,
         "formats": {},
     }
-    tf_module = None
-    tflite_bytes = None
     # ONNX is converted from the float32 LiteRT file, so that one is written either way.
     order = [f for f in FORMATS if f in formats or (f == "tflite" and "onnx" in formats)]
     for fmt in order:
         start = time.perf_counter()
         path = os.path.join(tmp, FILES[fmt])
         if fmt == "saved_model":
-            tf_module = _saved_model(fn, variables, prep, path)
+            _saved_model(fn, variables, prep, path)
             run = saved_model_runner(path)
         elif fmt in ("tflite", "tflite_int8"):
             data = _tflite(
@@ -200,18 +198,12 @@ def export(
             )
             with open(path, "wb") as f:
                 f.write(data)
-            if fmt == "tflite":
-                tflite_bytes = data
             run = tflite_runner(path)
         else:
             _onnx_from_tflite(os.path.join(tmp, FILES["tflite"]), path, what=name)
             run = onnx_runner(path)
         seconds = time.perf_counter() - start
-        out = np.concatenate(
-            [run(check_pixels[i : i + batch_size]) for i in range(0, len(check_pixels), batch_size)]
-            if fmt != "saved_model"
-            else [run(check_pixels)]
-        )
+        out = run_batched(run, check_pixels)
         diff = float(np.max(np.abs(out - reference)))
         agree = float(np.mean(out.argmax(-1) == reference.argmax(-1)))
         entry = {
@@ -236,9 +228,8 @@ def export(
                 f"(> tolerance {tolerance:g}) on {len(check_pixels)} check clips; the "
                 f"artifacts so far are in {tmp}"
             )
-    if "tflite" not in formats and tflite_bytes is not None:
+    if "tflite" not in formats and "onnx" in formats:
         os.remove(os.path.join(tmp, FILES["tflite"]))
-    del tf_module
     with open(os.path.join(tmp, EXPORT_FILE), "w") as f:
         json.dump(report, f, indent=2)
     if os.path.exists(outdir):
@@ -306,7 +297,7 @@ def _converted(fn: Callable, *, polymorphic: bool) -> Callable:
     return jax2tf.convert(fn, with_gradient=False, polymorphic_shapes=shapes)
 
 
-def _saved_model(fn, variables, prep, path: str):
+def _saved_model(fn, variables, prep, path: str) -> None:
     tf, _ = _tf()
     t, s = prep["num_frames"], prep["crop_size"]
     module = tf.Module()
@@ -338,7 +329,6 @@ def _saved_model(fn, variables, prep, path: str):
             "serving_uint8": module.serving_uint8.get_concrete_function(),
         }
     tf.saved_model.save(module, path, signatures=signatures)
-    return module
 
 
 def saved_model_runner(path: str) -> Callable:
