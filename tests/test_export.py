@@ -150,8 +150,24 @@ def test_converter_failure_names_ops_and_layers():
     )
 
 
+class _Linear(nn.Module):
+    """The cheapest model to convert: a classifier on the clip's mean colour."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        return nn.Dense(3, name="head")(x.mean((1, 2, 3))), {}
+
+
 def test_mismatched_artifact_fails_the_check(tmp_path, monkeypatch):
-    model, variables, meta = _model("x3d", "mini")
+    model = _Linear()
+    variables = model.init(jax.random.key(0), jnp.zeros((1, *CLIP, 3)))
+    meta = {
+        "name": "custom",
+        "variant": "linear",
+        "num_classes": 3,
+        "num_frames": CLIP[0],
+        "crop_size": CLIP[1],
+    }
     real = export.tflite_runner
 
     def off_by_one(path, **kw):
@@ -259,10 +275,12 @@ def test_efficiency_table_reports_the_students_reductions():
 
     eff = experiment.efficiency(
         summary("x3d/s", 3_794_274, 1.96, 30.0),
-        {"cnn": summary("x3d/m", 3_794_274, 4.73, 60.0),
-         "vit": summary("mvit/v2_s", 34_537_744, 64.22, 600.0)},
+        {
+            "cnn": summary("x3d/m", 3_794_274, 4.73, 60.0),
+            "vit": summary("mvit/v2_s", 34_537_744, 64.22, 600.0),
+        },
         batch_size=1,
-    )  # fmt: skip
+    )
     vit = eff["teachers"]["vit"]["reduction_pct"]
     assert vit["params"] == pytest.approx(100 * (1 - 3_794_274 / 34_537_744))  # ~89%
     assert vit["gmacs"] == pytest.approx(100 * (1 - 1.96 / 64.22))  # ~97%
