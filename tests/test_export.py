@@ -123,16 +123,22 @@ class _Grouped(nn.Module):
         return nn.Dense(3, name="head")(x.mean((1, 2, 3))), {}
 
 
-def test_an_op_litert_cannot_express_is_named_with_its_layer(tmp_path):
-    model = _Grouped()
+def _custom(model, variant):
+    """Variables and metadata of a 3-class custom module on CLIP."""
     variables = model.init(jax.random.key(0), jnp.zeros((1, *CLIP, 3)))
     meta = {
         "name": "custom",
-        "variant": "grouped",
+        "variant": variant,
         "num_classes": 3,
         "num_frames": CLIP[0],
         "crop_size": CLIP[1],
     }
+    return variables, meta
+
+
+def test_an_op_litert_cannot_express_is_named_with_its_layer(tmp_path):
+    model = _Grouped()
+    variables, meta = _custom(model, "grouped")
     with pytest.raises(export.ExportError, match=r"tf\.Conv3D.*grouped") as e:
         export.export(model, variables, meta, str(tmp_path / "e"), formats=("tflite",))
     assert "LiteRT" in str(e.value)
@@ -160,14 +166,7 @@ class _Linear(nn.Module):
 
 def test_mismatched_artifact_fails_the_check(tmp_path, monkeypatch):
     model = _Linear()
-    variables = model.init(jax.random.key(0), jnp.zeros((1, *CLIP, 3)))
-    meta = {
-        "name": "custom",
-        "variant": "linear",
-        "num_classes": 3,
-        "num_frames": CLIP[0],
-        "crop_size": CLIP[1],
-    }
+    variables, meta = _custom(model, "linear")
     real = export.tflite_runner
 
     def off_by_one(path, **kw):

@@ -21,6 +21,10 @@ torchvision. ``--torchvision-workaround`` then registers an empty
 ``torchvision._meta_registrations`` module first (the meta kernels only serve
 torch.compile's fake tensors; eager inference does not use them); without it the
 PyTorch row says why it is missing.
+
+``--threads`` sets LiteRT's, onnxruntime's and PyTorch's threads; XLA's CPU backend
+always uses every core, so the default (the core count) is the one setting at which
+all four runtimes use the same number of threads.
 """
 
 from __future__ import annotations
@@ -33,15 +37,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# Threads must be fixed before the runtimes start.
-_THREADS = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--threads=")), None)
-if _THREADS is None and "--threads" in sys.argv:
-    _THREADS = sys.argv[sys.argv.index("--threads") + 1]
-if _THREADS and int(_THREADS) < (os.cpu_count() or 1):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "")
-        + f" --xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={_THREADS}"
-    )
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
@@ -180,6 +175,8 @@ def comparison(args) -> list[dict]:
 
 def render(rt, comp, args) -> str:
     threads = args.threads
+    if threads != os.cpu_count():  # XLA's CPU backend takes every core regardless.
+        threads = f"{threads} (Flax: {os.cpu_count()})"
     lines = [
         f"CPU: {os.cpu_count()} cores, {threads} threads per runtime; batch 1; "
         f"float32; {args.iters} timed calls after {args.warmup} warm-up ones.",

@@ -65,10 +65,10 @@ class ExportError(RuntimeError):
 
 
 def preprocessing(
-    meta: Mapping[str, Any], *, class_names: Sequence[str] | None = None, **overrides: Any
+    meta: Mapping[str, Any], *, class_names: Sequence[str] | None = None
 ) -> dict[str, Any]:
     """How a video becomes the model's clips: the model directory's metadata plus the
-    evaluation's sampling (``overrides`` replace any field).
+    evaluation's sampling.
 
     Fields: num_frames, crop_size, frame_stride, num_clips, num_crops (the evaluation's
     views), short_side and fps (decoding; 0 = keep), mean, std, class_names.
@@ -79,7 +79,7 @@ def preprocessing(
         names = [f"class_{i}" for i in range(num_classes)]
     if len(names) != num_classes:
         raise ExportError(f"{len(names)} class names for a model of {num_classes} classes")
-    out = {
+    return {
         "num_frames": int(meta.get("num_frames", 8)),
         "crop_size": int(meta.get("crop_size", 32)),
         "frame_stride": int(meta.get("frame_stride", 2)),
@@ -91,11 +91,6 @@ def preprocessing(
         "std": [float(v) for v in meta.get("std", (0.225, 0.225, 0.225))],
         "class_names": names,
     }
-    unknown = set(overrides) - set(out)
-    if unknown:
-        raise ValueError(f"unknown preprocessing fields {sorted(unknown)}")
-    out.update(overrides)
-    return out
 
 
 def logits_fn(module: Any, variables: Any, prep: Mapping[str, Any]) -> Callable:
@@ -181,6 +176,7 @@ def export(
     }
     # ONNX is converted from the float32 LiteRT file, so that one is written either way.
     order = [f for f in FORMATS if f in formats or (f == "tflite" and "onnx" in formats)]
+    lite_function = None  # Traced once for the float32 and the int8 LiteRT files.
     for fmt in order:
         start = time.perf_counter()
         path = os.path.join(tmp, FILES[fmt])
@@ -188,13 +184,9 @@ def export(
             _saved_model(fn, variables, prep, path)
             run = saved_model_runner(path)
         elif fmt in ("tflite", "tflite_int8"):
+            lite_function = lite_function or _lite_function(fn, variables, prep, batch_size)
             data = _tflite(
-                fn,
-                variables,
-                prep,
-                batch_size,
-                quantize=fmt == "tflite_int8",
-                what=f"{name} to LiteRT ({fmt})",
+                lite_function, quantize=fmt == "tflite_int8", what=f"{name} to LiteRT ({fmt})"
             )
             with open(path, "wb") as f:
                 f.write(data)
@@ -241,9 +233,8 @@ def export(
 def _int8_share(path: str, variables: Any) -> float:
     """Share of the model's parameters stored as int8 in a LiteRT file. Dynamic-range
     quantisation covers fully connected and 2D convolution weights, not CONV_3D's."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    details = Interpreter(model_path=path).get_tensor_details()
+    litert = _require("ai_edge_litert.interpreter", "running LiteRT models")
+    details = litert.Interpreter(model_path=path).get_tensor_details()
     int8 = sum(int(np.prod(d["shape"])) for d in details if d["dtype"] == np.int8)
     total = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(variables.get("params", {})))
     return min(1.0, int8 / total) if total else 0.0
@@ -343,7 +334,9 @@ def saved_model_runner(path: str) -> Callable:
     return run
 
 
-def _tflite(fn, variables, prep, batch_size: int, *, quantize: bool, what: str) -> bytes:
+def _lite_function(fn, variables, prep, batch_size: int) -> tuple[Any, Any]:
+    """The model as a TF concrete function at a fixed batch, with the module that holds
+    its variables: what the LiteRT converter reads."""
     tf, _ = _tf()
     t, s = prep["num_frames"], prep["crop_size"]
     with layers.portable_convolutions():
@@ -355,7 +348,12 @@ def _tflite(fn, variables, prep, batch_size: int, *, quantize: bool, what: str) 
             input_signature=[tf.TensorSpec([batch_size, t, s, s, 3], tf.float32, name="pixels")],
             autograph=False,
         )
-        concrete = function.get_concrete_function()
+        return function.get_concrete_function(), holder
+
+
+def _tflite(lite_function: tuple[Any, Any], *, quantize: bool, what: str) -> bytes:
+    tf, _ = _tf()
+    concrete, holder = lite_function
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], holder)
     if quantize:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -605,6 +603,7 @@ def evaluate_artifacts(
     The views are the evaluation's (``pipeline.eval_views``); each runner sees the
     same pixels, and a video's prediction averages its views' softmax scores.
     """
+    from vkd_jax import evaluation
     from vkd_jax.data import pipeline
 
     ds = pipeline.eval_dataset(
@@ -633,7 +632,7 @@ def evaluate_artifacts(
         for fmt, runner in runners.items():
             outs[fmt] = run_batched(runner, views)
         for name, logits in outs.items():
-            probs = np.asarray(jax.nn.softmax(logits.reshape(n, v, -1), -1)).mean(1)
+            probs = np.asarray(evaluation.multiview_predictions(logits.reshape(n, v, -1)))
             correct[name] += int(np.sum(probs.argmax(-1) == label))
         seen += n
     if not seen:

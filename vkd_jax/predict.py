@@ -98,10 +98,10 @@ class Predictor:
 
     def probabilities(self, path: str) -> np.ndarray:
         """Class probabilities of one video file (its views' softmax scores averaged)."""
+        from vkd_jax import evaluation
+
         logits = export.run_batched(self._run, self.views(path))
-        logits = logits - logits.max(-1, keepdims=True)
-        probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-        return probs.mean(0)
+        return np.asarray(evaluation.multiview_predictions(logits[None]))[0]
 
     def top(self, path: str, k: int = 5) -> list[tuple[str, float]]:
         probs = self.probabilities(path)
