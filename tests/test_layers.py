@@ -19,6 +19,11 @@ CASES = [  # (kernel, strides, padding, groups, cin, cout)
     ((1, 3, 3), (1, 2, 2), (0, 1, 1), 1, 3, 5),  # strided dense (X3D stem)
     ((3, 3, 3), (2, 2, 2), (1, 1, 1), 2, 4, 6),  # strided grouped
     ((1, 1, 1), (1, 1, 1), (0, 0, 0), 1, 4, 7),  # pointwise
+    ((3, 1, 1), (2, 1, 1), (1, 0, 0), 1, 4, 6),  # strided temporal (R(2+1)D conv_t)
+    ((1, 7, 7), (1, 2, 2), (0, 3, 3), 1, 3, 5),  # strided spatial (R(2+1)D stem)
+    ((3, 3, 3), (1, 1, 1), (1, 1, 1), 1, 3, 5),  # dense
+    ((5, 7, 7), (1, 2, 2), (2, 3, 3), 1, 3, 4),  # SlowFast fast stem
+    ((3, 3, 3), (2, 1, 2), (0, 1, 0), 2, 4, 6),  # grouped, unpadded time, mixed strides
 ]
 
 

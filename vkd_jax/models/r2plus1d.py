@@ -100,15 +100,11 @@ class Conv2Plus1D(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init)
+        conv = functools.partial(layers.Conv3d, dtype=self.dtype, kernel_init=_conv_init)
         s = self.stride
-        x = conv(
-            self.mid_features, (1, 3, 3), (1, s, s), padding=((0, 0), (1, 1), (1, 1)), name="conv_s"
-        )(x)
+        x = conv(self.mid_features, (1, 3, 3), (1, s, s), (0, 1, 1), name="conv_s")(x)
         x = nn.relu(_batch_norm(train, self.dtype, "bn_s")(x))
-        return conv(
-            self.features, (3, 1, 1), (s, 1, 1), padding=((1, 1), (0, 0), (0, 0)), name="conv_t"
-        )(x)
+        return conv(self.features, (3, 1, 1), (s, 1, 1), (1, 0, 0), name="conv_t")(x)
 
 
 class BasicBlock(nn.Module):
@@ -136,11 +132,10 @@ class BasicBlock(nn.Module):
         out = _batch_norm(train, self.dtype, "bn2")(out)
         if self.stride != 1 or in_planes != self.planes:
             s = self.stride
-            x = nn.Conv(
+            x = layers.Conv3d(
                 self.planes,
                 (1, 1, 1),
                 (s, s, s),
-                use_bias=False,
                 dtype=self.dtype,
                 kernel_init=_conv_init,
                 name="downsample_conv",
@@ -215,12 +210,10 @@ class _Stem(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init)
-        x = conv(
-            self.mid_features, (1, 7, 7), (1, 2, 2), padding=((0, 0), (3, 3), (3, 3)), name="conv_s"
-        )(x)
+        conv = functools.partial(layers.Conv3d, dtype=self.dtype, kernel_init=_conv_init)
+        x = conv(self.mid_features, (1, 7, 7), (1, 2, 2), (0, 3, 3), name="conv_s")(x)
         x = nn.relu(_batch_norm(train, self.dtype, "bn_s")(x))
-        x = conv(self.features, (3, 1, 1), 1, padding=((1, 1), (0, 0), (0, 0)), name="conv_t")(x)
+        x = conv(self.features, (3, 1, 1), (1, 1, 1), (1, 0, 0), name="conv_t")(x)
         return nn.relu(_batch_norm(train, self.dtype, "bn_t")(x))
 
 

@@ -96,9 +96,11 @@ def _norm(train: bool, dtype: Any, name: str):
 
 
 def _conv(features, kernel, stride, dtype, name):
-    pad = tuple((k // 2, k // 2) for k in kernel)
-    return nn.Conv(features, kernel, stride, padding=pad, use_bias=False, dtype=dtype,
-                   kernel_init=_conv_init, name=name)  # fmt: skip
+    # layers.Conv3d: nn.Conv's variables, computed as 2D convs over frames on CPU.
+    stride = (stride,) * 3 if isinstance(stride, int) else tuple(stride)
+    pad = tuple(k // 2 for k in kernel)
+    return layers.Conv3d(features, tuple(kernel), stride, pad, dtype=dtype,
+                         kernel_init=_conv_init, name=name)  # fmt: skip
 
 
 class Bottleneck(nn.Module):
