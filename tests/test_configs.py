@@ -185,3 +185,22 @@ def test_remote_data_dir_is_accepted_and_remote_dirs_we_write_or_open_are_refuse
     with pytest.raises(config_lib.ConfigError, match="remote workdirs are not supported"):
         config_lib.check_workdir("gs://bucket/runs/x")
     assert config_lib.check_workdir("runs/x") == os.path.abspath("runs/x")
+
+
+def test_fast_compile_settings_turn_on_threefry_kernel_lowering_and_change_no_number():
+    """main.fast_compile_settings() (run by the CLI and tools/benchmark.py) turns on JAX's
+    threefry kernel lowering for GPUs, a compile-time setting: the same random bits."""
+    import jax
+    import numpy as np
+
+    from vkd_jax import main
+
+    draw = jax.jit(lambda k: jax.random.normal(k, (7,)))
+    before = np.asarray(draw(jax.random.key(3)))
+    previous = jax.config.jax_threefry_gpu_kernel_lowering
+    try:
+        main.fast_compile_settings()
+        assert jax.config.jax_threefry_gpu_kernel_lowering
+        np.testing.assert_array_equal(np.asarray(draw(jax.random.key(3))), before)
+    finally:
+        jax.config.update("jax_threefry_gpu_kernel_lowering", previous)

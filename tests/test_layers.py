@@ -100,3 +100,22 @@ def test_every_family_normalizes_batches_with_the_one_batch_norm(family, variant
     assert nn.BatchNorm not in norms
     if jax.tree_util.tree_leaves(variables.get("batch_stats", {})):
         assert norms == {layers.BatchNorm}
+
+
+def test_convolution_modes_compute_the_same_function():
+    """Every mode the benchmark can time (layers.convolutions) gives the same output;
+    an unknown mode is refused by name."""
+    x = jax.random.normal(jax.random.key(0), (2, 4, 9, 9, 6))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 3, 1, 6))  # Depthwise.
+    v = jax.random.normal(jax.random.key(2), (1, 3, 3, 6, 5))  # Dense spatial, strided.
+    out = {}
+    for mode in layers.CONVOLUTION_MODES:
+        with layers.convolutions(mode):
+            y = layers.conv3d_apply(x, w, (1, 1, 1), (1, 1, 1), 6)
+            out[mode] = layers.conv3d_apply(y, v, (1, 2, 2), (0, 1, 1), 1)
+    for mode, y in out.items():
+        np.testing.assert_allclose(
+            np.asarray(y), np.asarray(out["native"]), rtol=1e-4, atol=1e-4, err_msg=mode
+        )
+    with pytest.raises(ValueError, match="'fast'"):
+        layers.convolutions("fast")

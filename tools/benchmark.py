@@ -26,13 +26,16 @@ it (GPU/TPU), otherwise XLA's buffer estimate for the compiled step (CPU).
 
 from __future__ import annotations
 
-import argparse
-import ast
-import importlib.util
-import os
-import platform
-import sys
 import time
+
+_PROCESS_START = time.perf_counter()  # Cold start is measured from here (before jax).
+
+import argparse  # noqa: E402
+import ast  # noqa: E402
+import importlib.util  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -99,9 +102,13 @@ def _timed(fn, steps: int, warmup: int) -> list[float]:
     return times
 
 
-def forward_rows(config, *, batch: int, steps: int, warmup: int, torch_too: bool) -> list[dict]:
-    """Inference forward of the student and every teacher (JAX, and PyTorch if asked)."""
+def forward_rows(
+    config, *, batch: int, steps: int, warmup: int, torch_too: bool, modes=("auto",)
+) -> list[dict]:
+    """Inference forward of the student and every teacher (JAX, and PyTorch if asked),
+    one JAX row per convolution mode (``layers.convolutions``) for convolutional models."""
     from vkd_jax import evaluation
+    from vkd_jax.models import layers
 
     t, s = config.data.num_frames, config.data.crop_size
     dtype = stages.compute_dtype(config)
@@ -115,23 +122,29 @@ def forward_rows(config, *, batch: int, steps: int, warmup: int, torch_too: bool
                                  input_size=(t, s, s))  # fmt: skip
         variables = jax.jit(lambda r, m=model: m.init(r, video[:1], train=False))(jax.random.key(0))
         macs = evaluation.count_macs(model, variables, (t, s, s))
-        fwd = jax.jit(lambda v, x, m=model: m.apply(v, x, train=False)[0])
-        t0 = time.perf_counter()
-        compiled = fwd.lower(variables, video).compile()
-        compile_s = time.perf_counter() - t0
-        run = lambda c=compiled, v=variables: c(v, video).block_until_ready()
-        times = _timed(run, steps, warmup)
-        row = dict(model=f"{spec.name}/{spec.variant}", role=name, gmacs=macs / 1e9,
-                   jax_ms=1000 * float(np.median(times)), compile_s=compile_s)  # fmt: skip
-        if peak:
-            row["mfu"] = 2 * macs * batch / (row["jax_ms"] / 1000) / (peak * 1e12)
+        torch_ms = None
         if torch_too:
             try:
-                row["torch_ms"] = torch_forward_ms(spec, config, batch, steps, warmup)
+                torch_ms = torch_forward_ms(spec, config, batch, steps, warmup)
             except (ImportError, RuntimeError) as e:  # e.g. a torchvision build that won't load
-                print(f"PyTorch reference of {row['model']} unavailable: {str(e)[:120]}")
-                row["torch_ms"] = None
-        rows.append(row)
+                what = f"{spec.name}/{spec.variant}"
+                print(f"PyTorch reference of {what} unavailable: {str(e)[:120]}")
+        # Transformers' patch embeddings are their only convolutions: one mode is enough.
+        convolutional = spec.name in ("x3d", "r2plus1d", "shufflenet3d", "slowfast")
+        for mode in modes if convolutional else modes[:1]:
+            fwd = jax.jit(lambda v, x, m=model: m.apply(v, x, train=False)[0])
+            t0 = time.perf_counter()
+            with layers.convolutions(mode):  # Traced (and so compiled) in this mode.
+                compiled = fwd.lower(variables, video).compile()
+            compile_s = time.perf_counter() - t0
+            run = lambda c=compiled, v=variables: c(v, video).block_until_ready()
+            times = _timed(run, steps, warmup)
+            row = dict(model=f"{spec.name}/{spec.variant}", role=name, gmacs=macs / 1e9,
+                       convolutions=mode, jax_ms=1000 * float(np.median(times)),
+                       compile_s=compile_s, torch_ms=torch_ms)  # fmt: skip
+            if peak:
+                row["mfu"] = 2 * macs * batch / (row["jax_ms"] / 1000) / (peak * 1e12)
+            rows.append(row)
     return rows
 
 
@@ -173,7 +186,9 @@ def torch_forward_ms(spec, config, batch: int, steps: int, warmup: int) -> float
     return 1000 * float(np.median(_timed(run, steps, warmup)))
 
 
-def bench(config, *, batch: int, steps: int, warmup: int, distill: bool) -> dict:
+def bench(
+    config, *, batch: int, steps: int, warmup: int, distill: bool, convolutions: str = "auto"
+) -> dict:
     mesh = sharding.make_mesh(config.mesh.data)
     repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
     t, s = config.data.num_frames, config.data.crop_size
@@ -188,6 +203,8 @@ def bench(config, *, batch: int, steps: int, warmup: int, distill: bool) -> dict
     names = objective.required_teachers(loss_cfg)
     teachers = {n: make(config.teachers[n]) for n in names}
     video = jnp.zeros((2, t, s, s, 3), jnp.float32)
+    t_init = time.perf_counter()
+    # (jit drops the init's unused forward pass: what compiles is the initializers.)
     teacher_vars = {
         n: jax.jit(lambda r, m=m: m.init(r, video, train=False))(jax.random.key(i))
         for i, (n, m) in enumerate(teachers.items())
@@ -208,6 +225,8 @@ def bench(config, *, batch: int, steps: int, warmup: int, distill: bool) -> dict
     )
     teacher_vars = jax.device_put(teacher_vars, repl)
     state = init(jax.random.key(0), teacher_vars)
+    jax.block_until_ready(state)
+    init_s = time.perf_counter() - t_init
     step = jax.jit(
         train_step.make_train_step(
             student=student,
@@ -232,20 +251,25 @@ def bench(config, *, batch: int, steps: int, warmup: int, distill: bool) -> dict
         data,
     )
     t0 = time.perf_counter()
-    compiled = step.lower(state, teacher_vars, batch_arrays).compile()
+    from vkd_jax.models import layers
+
+    with layers.convolutions(convolutions):  # Traced (and so compiled) in this mode.
+        compiled = step.lower(state, teacher_vars, batch_arrays).compile()
     compile_s = time.perf_counter() - t0
-    times = []
+    times, first_step_done = [], None
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         state, metrics = compiled(state, teacher_vars, batch_arrays)
         jax.block_until_ready(metrics["loss"])
+        first_step_done = first_step_done or time.perf_counter()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     assert bool(metrics["finite"]), "benchmark step produced a non-finite loss"
     median = float(np.median(times))
     memory, memory_kind = _memory(compiled)
     return {
-        "what": "distillation step" if distill else "student alone",
+        "what": ("distillation step" if distill else "student alone")
+        + ("" if convolutions == "auto" else f" ({convolutions} convolutions)"),
         "teachers": ", ".join(names) or "-",
         "step_ms": 1000 * median,
         "p90_ms": 1000 * float(np.percentile(times, 90)),
@@ -253,6 +277,9 @@ def bench(config, *, batch: int, steps: int, warmup: int, distill: bool) -> dict
         "memory_mib": memory,
         "memory_kind": memory_kind,
         "compile_s": compile_s,
+        "init_s": init_s,
+        # Process start -> this row's first step done (the first row's is the cold start).
+        "since_start_s": first_step_done - _PROCESS_START,
     }
 
 
@@ -265,14 +292,35 @@ def main(argv=None) -> None:
     parser.add_argument("--set", action="append", default=[], help="key=value config override")
     parser.add_argument("--forward", action="store_true", help="each model's forward alone")
     parser.add_argument("--torch", action="store_true", help="the PyTorch reference too")
+    parser.add_argument(
+        "--convolutions",
+        type=lambda v: tuple(v.split(",")),
+        default=("auto",),
+        help="comma-separated convolution modes to time (auto, native, cpu: "
+        "vkd_jax.models.layers.convolutions); the train step and each CNN's forward "
+        "get one row per mode",
+    )
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set)
     config_lib.validate(config)
+    # As the trainer does: a second run loads its compiled programs from disk.
+    from vkd_jax.main import enable_compilation_cache, fast_compile_settings
+
+    cache = enable_compilation_cache(config.compilation_cache)
+    fast_compile_settings()
     if args.forward:
         print_forward(config, args)
         return
     rows = [
-        bench(config, batch=args.batch, steps=args.steps, warmup=args.warmup, distill=d)
+        bench(
+            config,
+            batch=args.batch,
+            steps=args.steps,
+            warmup=args.warmup,
+            distill=d,
+            convolutions=mode,
+        )  # fmt: skip
+        for mode in args.convolutions
         for d in (True, False)
     ]
     if args.torch:  # The same distillation step in PyTorch (tools/torch_step.py).
@@ -285,21 +333,30 @@ def main(argv=None) -> None:
             print(f"PyTorch step unavailable: {type(e).__name__}: {e}")
         else:
             ref.update(teachers=rows[0]["teachers"], memory_kind="peak allocated",
-                       compile_s=float("nan"))  # fmt: skip
+                       compile_s=float("nan"), init_s=float("nan"),
+                       since_start_s=float("nan"))  # fmt: skip
             print(f"JAX / PyTorch clips/s: {rows[0]['clips_per_s'] / ref['clips_per_s']:.2f}x")
             rows.append(ref)
     print(
         f"\nvkd_jax train-step benchmark: {args.config} {' '.join(args.set)}\n"
         f"{_header(config, args)}; student {config.student.name}/{config.student.variant}\n"
     )
-    print("| step | teachers | median ms | p90 ms | clips/s | memory MiB | compile s |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| step | teachers | median ms | p90 ms | clips/s | memory MiB | init s | compile s "
+        "| first step done, s after start |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['what']} | {r['teachers']} | {r['step_ms']:.1f} | {r['p90_ms']:.1f} | "
             f"{r['clips_per_s']:.1f} | {r['memory_mib']:.0f} ({r['memory_kind']}) | "
-            f"{r['compile_s']:.1f} |"
+            f"{r['init_s']:.1f} | {r['compile_s']:.1f} | {r['since_start_s']:.1f} |"
         )
+    print(
+        f"\nCold start (process start -> first distillation step done): "
+        f"{rows[0]['since_start_s']:.1f} s; persistent compilation cache: "
+        f"{cache or 'off'} (a second run with it warm shows the warm start)."
+    )
 
 
 def _header(config, args) -> str:
@@ -314,18 +371,22 @@ def _header(config, args) -> str:
 
 def print_forward(config, args) -> None:
     rows = forward_rows(config, batch=args.batch, steps=args.steps, warmup=args.warmup,
-                        torch_too=args.torch)  # fmt: skip
+                        torch_too=args.torch, modes=args.convolutions)  # fmt: skip
     print(f"\nvkd_jax forward benchmark: {args.config} {' '.join(args.set)}")
     print(_header(config, args) + "\n")
-    print("| model | role | GMACs/clip | JAX ms | MFU | PyTorch ms | JAX speed-up | compile s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| model | role | convolutions | GMACs/clip | JAX ms | MFU | PyTorch ms | JAX speed-up "
+        "| compile s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
         tms = r.get("torch_ms")
         ratio = f"{tms / r['jax_ms']:.2f}x" if tms else "-"
         print(
-            f"| {r['model']} | {r['role']} | {r['gmacs']:.2f} | {r['jax_ms']:.1f} | {mfu} | "
-            f"{'-' if tms is None else f'{tms:.1f}'} | {ratio} | {r['compile_s']:.1f} |"
+            f"| {r['model']} | {r['role']} | {r['convolutions']} | {r['gmacs']:.2f} | "
+            f"{r['jax_ms']:.1f} | {mfu} | {'-' if tms is None else f'{tms:.1f}'} | {ratio} | "
+            f"{r['compile_s']:.1f} |"
         )
 
 

@@ -90,6 +90,21 @@ def enable_compilation_cache(path: str) -> str:
     return path
 
 
+def fast_compile_settings() -> None:
+    """JAX settings that shorten compiles and change no number.
+
+    Random initializers dominate the compile of a model's ``init`` (the forward pass
+    is dropped as unused): on this project's CPU, jit of X3D-M's init compiles for
+    15.7 s and MViTv2-S's for 20.2 s with no convolution in them, only threefry
+    for each of their ~400-480 parameters. On GPUs JAX can lower threefry to one
+    kernel instead of unrolling it into every program: the same bits, a faster
+    compile. No effect on CPUs and TPUs.
+    """
+    import jax
+
+    jax.config.update("jax_threefry_gpu_kernel_lowering", True)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -106,6 +121,7 @@ def main(argv):
     try:
         config_lib.validate(config)
         enable_compilation_cache(config.compilation_cache)
+        fast_compile_settings()
         if os.environ.get("VKD_DISTRIBUTED"):  # Multi-host (TPU pods): one process per host.
             jax.distributed.initialize()
         workdir = config_lib.check_workdir(FLAGS.workdir)

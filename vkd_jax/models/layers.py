@@ -167,8 +167,23 @@ class Conv3d(nn.Module):
 
 
 # How traces compute convolutions: "auto" (the CPU formulation on CPU, XLA's native
-# convolution elsewhere), "native" (XLA's everywhere) or "portable" (for export).
+# convolution elsewhere), "native" (XLA's everywhere), "cpu" (the CPU formulation on
+# every backend) or "portable" (for export).
 _CONVOLUTIONS = ["auto"]
+CONVOLUTION_MODES = ("auto", "native", "cpu", "portable")
+
+
+def convolutions(mode: str):
+    """Traces inside compute :class:`Conv3d` in ``mode`` (``CONVOLUTION_MODES``).
+
+    ``"cpu"`` forces the CPU formulation (depthwise as shift-and-multiply, the rest as
+    2D convolutions over frames) on any backend, ``"native"`` XLA's convolution on
+    any: ``tools/benchmark.py --convolutions`` times both on an accelerator to keep
+    the faster. A program is compiled in the mode it was traced in.
+    """
+    if mode not in CONVOLUTION_MODES:
+        raise ValueError(f"Unknown convolution mode {mode!r}; one of {CONVOLUTION_MODES}")
+    return _convolutions(mode)
 
 
 @contextlib.contextmanager
@@ -228,7 +243,8 @@ def conv3d_apply(
     mode = _CONVOLUTIONS[0]
     portable = cpu_friendly is None and mode == "portable"
     if cpu_friendly is None:
-        cpu_friendly = portable or (jax.default_backend() == "cpu" and mode == "auto")
+        on_cpu = jax.default_backend() == "cpu"
+        cpu_friendly = portable or mode == "cpu" or (on_cpu and mode == "auto")
     # (Portable: LiteRT's batch matmul stops at rank 4; its 1x1x1 CONV_3D does the job.)
     if cpu_friendly and not portable and k == (1, 1, 1) and groups == 1 and padding == (0, 0, 0):
         x = x[:, :: strides[0], :: strides[1], :: strides[2]]
