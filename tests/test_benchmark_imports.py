@@ -41,7 +41,11 @@ def test_forward_benchmark_times_every_model_and_knows_peaks(capsys):
     assert bench.peak_tflops("NVIDIA H100 80GB HBM3", "float32") == 67.0
     assert bench.peak_tflops("cpu", "bfloat16") is None
     bench.main(["--forward", "--batch", "2", "--steps", "1", "--warmup", "0",
-                "--set", "data.num_frames=4", "--set", "data.crop_size=16"])  # fmt: skip
+                "--set", "data.num_frames=4", "--set", "data.crop_size=16",
+                "--convolutions", "auto,native"])  # fmt: skip
     out = capsys.readouterr().out
     for model in ("x3d/mini | student", "x3d/mini_m | cnn", "vit/mini | vit"):
-        assert f"| {model} |" in out, out
+        assert f"| {model} | auto |" in out, out
+    # One row per convolution form for the CNNs; the ViT has only its patch embedding.
+    assert "| x3d/mini | student | native |" in out and "| x3d/mini_m | cnn | native |" in out
+    assert "| vit/mini | vit | native |" not in out

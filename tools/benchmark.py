@@ -6,6 +6,11 @@
     python tools/benchmark.py --forward --torch --batch 16 --set dtype=bfloat16 \
         --set student.name=x3d --set student.variant=s ... (each model's forward alone)
 
+Each row gives the init time (teachers and state), the compile time and the seconds
+from process start to its first step done (the first row's: the cold start, with
+the persistent compilation cache as configured). ``--convolutions native,cpu`` adds
+rows per convolution form (``vkd_jax.models.layers.convolutions``).
+
 ``--forward`` times each model's inference forward alone (student and teachers,
 jitted, random weights) and reports its MFU: 2 x MACs per clip x clips/s over the
 device's bf16 (or fp32) peak, where the card is known. ``--torch`` adds the same
@@ -47,6 +52,7 @@ import numpy as np  # noqa: E402
 
 from vkd_jax import config_lib, models, sharding, stages, train_step  # noqa: E402
 from vkd_jax.losses import objective  # noqa: E402
+from vkd_jax.models import layers  # noqa: E402
 
 
 def load_config(path: str, overrides: list[str]) -> ml_collections.ConfigDict:
@@ -108,7 +114,6 @@ def forward_rows(
     """Inference forward of the student and every teacher (JAX, and PyTorch if asked),
     one JAX row per convolution mode (``layers.convolutions``) for convolutional models."""
     from vkd_jax import evaluation
-    from vkd_jax.models import layers
 
     t, s = config.data.num_frames, config.data.crop_size
     dtype = stages.compute_dtype(config)
@@ -251,8 +256,6 @@ def bench(
         data,
     )
     t0 = time.perf_counter()
-    from vkd_jax.models import layers
-
     with layers.convolutions(convolutions):  # Traced (and so compiled) in this mode.
         compiled = step.lower(state, teacher_vars, batch_arrays).compile()
     compile_s = time.perf_counter() - t0
@@ -301,6 +304,9 @@ def main(argv=None) -> None:
         "get one row per mode",
     )
     args = parser.parse_args(argv)
+    unknown = [m for m in args.convolutions if m not in layers.CONVOLUTION_MODES]
+    if unknown:
+        parser.error(f"--convolutions: unknown {unknown}; one of {layers.CONVOLUTION_MODES}")
     config = load_config(args.config, args.set)
     config_lib.validate(config)
     # As the trainer does: a second run loads its compiled programs from disk.
@@ -319,7 +325,7 @@ def main(argv=None) -> None:
             warmup=args.warmup,
             distill=d,
             convolutions=mode,
-        )  # fmt: skip
+        )
         for mode in args.convolutions
         for d in (True, False)
     ]
