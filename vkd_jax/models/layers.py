@@ -202,7 +202,7 @@ def native_convolutions():
     For counting multiply-accumulates from a trace (fvcore's convention counts
     convolutions, which the CPU formulation would turn into elementwise ops).
     """
-    return _convolutions("native")
+    return convolutions("native")
 
 
 def portable_convolutions():
@@ -211,10 +211,9 @@ def portable_convolutions():
 
     For export (vkd_jax.export): LiteRT has no grouped 3D convolution (its converter
     stops at ``tf.Conv3D`` with feature groups), but it has every op of the
-    shift-and-multiply form; strided convolutions stay strided, so nothing is
-    computed and then thrown away as on the CPU training path.
+    shift-and-multiply form; every other convolution stays one 3D convolution.
     """
-    return _convolutions("portable")
+    return convolutions("portable")
 
 
 def conv3d_apply(
@@ -245,8 +244,10 @@ def conv3d_apply(
     if cpu_friendly is None:
         on_cpu = jax.default_backend() == "cpu"
         cpu_friendly = portable or mode == "cpu" or (on_cpu and mode == "auto")
-    # (Portable: LiteRT's batch matmul stops at rank 4; its 1x1x1 CONV_3D does the job.)
-    if cpu_friendly and not portable and k == (1, 1, 1) and groups == 1 and padding == (0, 0, 0):
+    # Portable keeps only the depthwise rewrite (LiteRT's batch matmul stops at rank 4;
+    # its 1x1x1 and other CONV_3Ds do the job).
+    cpu_path = cpu_friendly and not portable
+    if cpu_path and k == (1, 1, 1) and groups == 1 and padding == (0, 0, 0):
         x = x[:, :: strides[0], :: strides[1], :: strides[2]]
         return jnp.einsum("bthwc,cd->bthwd", x, kernel.reshape(cin, cout))
     if cpu_friendly and groups == cin == cout:
@@ -267,7 +268,7 @@ def conv3d_apply(
                     )
                     y = tap if y is None else y + tap
         return y
-    if cpu_friendly and not portable:
+    if cpu_path:
         return _conv3d_as_2d(x, kernel, strides, padding, groups)
     return jax.lax.conv_general_dilated(
         x,
