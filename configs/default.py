@@ -69,7 +69,9 @@ def get_config() -> ml_collections.ConfigDict:
     d.eval_num_clips = 2  # Uniformly spaced temporal clips per test video.
     d.eval_num_crops = 1  # Spatial crops per clip (1: center, 3: left/center/right).
     d.shuffle_buffer = 2048  # Examples in the shuffle buffer.
-    d.cache = True  # Cache decoded examples in memory (small datasets only).
+    # Cache decoded examples in memory (small datasets only); False decodes only
+    # each clip's frames of videos stored as JPEG/PNG frames.
+    d.cache = True
     d.prefetch = 2  # Batches prefetched to the device.
     # Real videos (name="video_folder"): see docs/datasets.md for each dataset's layout.
     d.folder = f = ml_collections.ConfigDict()

@@ -162,6 +162,44 @@ def test_random_flip_both_ways():
     assert outcomes == {"same", "flipped"}
 
 
+def _encoded_frames(encoding: str, t=3, h=57, w=83) -> tuple[np.ndarray, tf.Tensor]:
+    """(full decodes, string (t,) frames) of noise with a bright bar: textured, so that a
+    chroma error at a window's edge shows. Odd sizes leave partial 16x16 blocks."""
+    rng = np.random.default_rng(7)
+    video = rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8)
+    video[:, :, 20:30] = 255
+    encode = tf.io.encode_jpeg if encoding == "jpeg" else tf.io.encode_png
+    frames = tf.stack([encode(tf.constant(f)) for f in video])
+    full = np.stack([tf.io.decode_image(f, channels=3).numpy() for f in frames])
+    return full, frames
+
+
+@pytest.mark.parametrize("encoding", ["jpeg", "png"])
+def test_decode_frames_window_equals_cropped_full_decode(encoding):
+    """Decoding only a window (decode_and_crop_jpeg plus a margin) gives exactly a full
+    decode's pixels, for windows on 16-pixel block edges, at the frame's edges and
+    inside it; without the margin libjpeg's first/last columns differ (measured)."""
+    full, frames = _encoded_frames(encoding)
+    np.testing.assert_array_equal(pipeline.decode_frames(frames).numpy(), full)
+    boxes = [(0, 0, 57, 83), (0, 16, 20, 16), (16, 32, 9, 33), (5, 3, 50, 77), (56, 82, 1, 1)]
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        h, w = rng.integers(1, 58), rng.integers(1, 84)
+        boxes.append((rng.integers(0, 58 - h), rng.integers(0, 84 - w), h, w))
+    jpeg = encoding == "jpeg"
+
+    @tf.function
+    def decode(frames, box):
+        return pipeline.decode_frames(frames, box=tuple(tf.unstack(box)), jpeg=jpeg)
+
+    for y, x, h, w in boxes:
+        got = decode(frames, tf.constant([y, x, h, w], tf.int32)).numpy()
+        np.testing.assert_array_equal(got, full[:, y : y + h, x : x + w], err_msg=str((y, x, h, w)))
+    if jpeg:  # The margin is needed: libjpeg's window alone differs at its edge columns.
+        alone = tf.io.decode_and_crop_jpeg(frames[0], [0, 16, 20, 16], channels=3).numpy()
+        assert not np.array_equal(alone, full[0, 0:20, 16:32])
+
+
 def test_normalize_values():
     video = tf.constant(np.array([0, 255], np.uint8).reshape(2, 1, 1, 1) * np.ones((1, 1, 1, 3)))
     out = pipeline.normalize(tf.cast(video, tf.uint8), mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.5))

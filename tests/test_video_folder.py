@@ -425,6 +425,36 @@ def test_pipeline_reads_built_dataset(tmp_path):
     assert sorted(labels.tolist()) == sorted(ds.expected["test"].values())
 
 
+@pytest.mark.parametrize("encoding", ["jpeg", "png"])
+def test_pipeline_decoding_only_sampled_frames_matches_decoding_all(tmp_path, encoding):
+    """Without `data.cache` the pipeline decodes only a clip's frames (JPEG: only its crop
+    window); the batches equal those of the cached path, which decodes whole videos."""
+    from vkd_jax.data import pipeline
+
+    ds = video_fixtures.make_generic(
+        str(tmp_path / "src"), per_class=2, num_frames=12, with_lists=True, height=72, width=100
+    )
+    data = data_config(tmp_path / "tfds", ds, layout="generic", encoding=encoding)
+    with data.unlocked():
+        data.num_frames, data.frame_stride, data.crop_size = 4, 2, 32
+        data.train_scale, data.random_flip = (0.1, 1.0), True
+        data.eval_num_clips, data.eval_num_crops, data.shuffle_buffer = 2, 3, 8
+    builder = pipeline.load_builder(data)
+    assert pipeline.frame_encoding(builder, data) == encoding
+    batches = {}
+    for cache in (True, False):
+        with data.unlocked():
+            data.cache = cache
+        train = pipeline.train_dataset(data, batch_size=2, seed=3, process_index=0, process_count=1)
+        evals = pipeline.eval_dataset(data, batch_size=2, process_index=0, process_count=1)
+        batches[cache] = [b["video"] for b in train.take(6).as_numpy_iterator()] + [
+            b["video"] for b in evals.as_numpy_iterator()
+        ]
+    assert len(batches[True]) == len(batches[False]) > 6
+    for decoded, lazy in zip(batches[True], batches[False]):
+        np.testing.assert_array_equal(lazy, decoded)
+
+
 def test_skipped_report_is_json_beside_the_data(tmp_path):
     ds = video_fixtures.make_generic(str(tmp_path / "src"), per_class=2, with_lists=True)
     data = data_config(tmp_path / "tfds", ds, layout="generic")

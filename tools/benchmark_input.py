@@ -9,7 +9,7 @@ Writes ``--videos`` MP4 files (generic layout, 6 classes, ``--length`` frames of
 ``video_folder`` TFDS dataset (JPEG frames, short side 256, as the real-data
 recipes store them), then times the training input pipeline (``pipeline.train_dataset``:
 random clip, random-resized crop to ``--crop``, flip, normalize, batch, prefetch;
-decoding the JPEG frames every time, no cache) for ``--batches`` batches after
+no cache, so each clip's JPEG frames are decoded, only its crop window) for ``--batches`` batches after
 ``--warmup`` ones. Reports clips/s, clips/s per host core, and how many cores the
 step's appetite (``--step-clips-per-s``: e.g. the dual-teacher step's clips/s on the
 accelerator) needs at this rate.

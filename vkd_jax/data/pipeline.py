@@ -2,7 +2,9 @@
 
 Train: this process's share of the split -> cache -> seeded shuffle -> repeat ->
 per-example stateless augmentation (temporal clip sampling, random resized crop,
-optional flip, normalization) -> batch -> prefetch. Eval: every video gives
+optional flip, normalization) -> batch -> prefetch. Without the cache, videos
+stored as encoded frames (tfds Video) stay encoded until a clip's frames are
+chosen: only those are decoded, and for JPEG only the crop window of each. Eval: every video gives
 `eval_num_clips` x `eval_num_crops` views; batches are padded (with `mask`) so
 that every example is seen exactly once and every process yields the same
 number of batches (multi-host evaluation stays in lockstep).
@@ -142,6 +144,33 @@ def uniform_clips(video: tf.Tensor, *, num_frames: int, stride: int, num_clips: 
     return tf.gather(video, index % length)
 
 
+def random_crop_box(
+    height: tf.Tensor,
+    width: tf.Tensor,
+    *,
+    scale: tuple[float, float],
+    aspect_ratio: tuple[float, float],
+    seed: tf.Tensor,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The box of :func:`random_resized_crop` for frames of `height` x `width`.
+
+    Returns:
+      int32 scalars (y0, x0, crop_h, crop_w).
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    area = h * w * tf.random.stateless_uniform([], seeds[0], scale[0], scale[1])
+    log_ratio = tf.random.stateless_uniform(
+        [], seeds[1], math.log(aspect_ratio[0]), math.log(aspect_ratio[1])
+    )
+    ratio = tf.exp(log_ratio)
+    crop_w = tf.cast(tf.clip_by_value(tf.round(tf.sqrt(area * ratio)), 1.0, w), tf.int32)
+    crop_h = tf.cast(tf.clip_by_value(tf.round(tf.sqrt(area / ratio)), 1.0, h), tf.int32)
+    y0 = tf.random.stateless_uniform([], seeds[2], 0, height - crop_h + 1, dtype=tf.int32)
+    x0 = tf.random.stateless_uniform([], seeds[3], 0, width - crop_w + 1, dtype=tf.int32)
+    return y0, x0, crop_h, crop_w
+
+
 def random_resized_crop(
     video: tf.Tensor,
     *,
@@ -166,20 +195,56 @@ def random_resized_crop(
     Returns:
       float32 (T, size, size, C), values in the input's range.
     """
-    seeds = tf.random.experimental.stateless_split(seed, 4)
     shape = tf.shape(video)
-    h, w = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
-    area = h * w * tf.random.stateless_uniform([], seeds[0], scale[0], scale[1])
-    log_ratio = tf.random.stateless_uniform(
-        [], seeds[1], math.log(aspect_ratio[0]), math.log(aspect_ratio[1])
+    y0, x0, crop_h, crop_w = random_crop_box(
+        shape[1], shape[2], scale=scale, aspect_ratio=aspect_ratio, seed=seed
     )
-    ratio = tf.exp(log_ratio)
-    crop_w = tf.cast(tf.clip_by_value(tf.round(tf.sqrt(area * ratio)), 1.0, w), tf.int32)
-    crop_h = tf.cast(tf.clip_by_value(tf.round(tf.sqrt(area / ratio)), 1.0, h), tf.int32)
-    y0 = tf.random.stateless_uniform([], seeds[2], 0, shape[1] - crop_h + 1, dtype=tf.int32)
-    x0 = tf.random.stateless_uniform([], seeds[3], 0, shape[2] - crop_w + 1, dtype=tf.int32)
     crop = video[:, y0 : y0 + crop_h, x0 : x0 + crop_w]
     return resize(crop, (size, size))
+
+
+# libjpeg treats a crop window's edges as the image's when it upsamples chroma, so
+# decode_and_crop_jpeg's first and last columns can differ from a full decode's (by up
+# to ~30 levels, measured); decoding this many more pixels on each side and slicing
+# them off gives exactly the full decode's pixels (tests/test_pipeline.py checks).
+_JPEG_CROP_MARGIN = 2
+
+
+def decode_frames(frames: tf.Tensor, *, box: tuple | None = None, jpeg: bool = False) -> tf.Tensor:
+    """Decodes encoded frames, optionally only a window of each.
+
+    Args:
+      frames: string (N,) JPEG or PNG frames of one video (all the same size).
+      box: (y0, x0, h, w) window to return, or None for whole frames.
+      jpeg: The frames are JPEG: the window is decoded alone (libjpeg skips the rows
+        and blocks outside it), with the exact pixels of a full decode.
+
+    Returns:
+      uint8 (N, H, W, 3), or (N, h, w, 3) with `box`.
+    """
+    spec = tf.TensorSpec([None, None, 3], tf.uint8)
+    if box is None or not jpeg:
+
+        def decode(frame):
+            return tf.io.decode_image(frame, channels=3, dtype=tf.uint8, expand_animations=False)
+
+        video = tf.map_fn(decode, frames, fn_output_signature=spec)
+        if box is None:
+            return video
+        y0, x0, h, w = box
+        return video[:, y0 : y0 + h, x0 : x0 + w]
+    y0, x0, h, w = box
+    shape = tf.io.extract_jpeg_shape(frames[0], output_type=tf.int32)
+    top, left = tf.maximum(y0 - _JPEG_CROP_MARGIN, 0), tf.maximum(x0 - _JPEG_CROP_MARGIN, 0)
+    bottom = tf.minimum(y0 + h + _JPEG_CROP_MARGIN, shape[0])
+    right = tf.minimum(x0 + w + _JPEG_CROP_MARGIN, shape[1])
+    window = tf.stack([top, left, bottom - top, right - left])
+    video = tf.map_fn(
+        lambda frame: tf.io.decode_and_crop_jpeg(frame, window, channels=3),
+        frames,
+        fn_output_signature=spec,
+    )
+    return video[:, y0 - top : y0 - top + h, x0 - left : x0 - left + w]
 
 
 def resize(video: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
@@ -261,11 +326,27 @@ def _process_share(split: str, process_index: int | None, process_count: int | N
     return shares[process_index], shares
 
 
-def _read(builder: tfds.core.DatasetBuilder, split, data_cfg) -> tf.data.Dataset:
-    """Reads a split in its stored (deterministic) order, keeping only video and label."""
+def frame_encoding(builder: tfds.core.DatasetBuilder, data_cfg) -> str | None:
+    """The frame encoding ("jpeg" or "png") of a tfds Video feature, else None."""
+    feature = builder.info.features[data_cfg.video_key]
+    if isinstance(feature, tfds.features.Video):
+        return feature.feature.encoding_format
+    return None
+
+
+def _read(
+    builder: tfds.core.DatasetBuilder, split, data_cfg, *, keep_encoded: bool = False
+) -> tf.data.Dataset:
+    """Reads a split in its stored (deterministic) order, keeping only video and label.
+
+    `keep_encoded` leaves a tfds Video's frames encoded (string (T,)), for pipelines
+    that decode only the frames they sample.
+    """
+    decoders = {data_cfg.video_key: tfds.decode.SkipDecoding()} if keep_encoded else None
     ds = builder.as_dataset(
         split=split,
         shuffle_files=False,
+        decoders=decoders,
         read_config=tfds.ReadConfig(add_tfds_id=False),
     )
     video_key, label_key = data_cfg.video_key, data_cfg.label_key
@@ -273,6 +354,16 @@ def _read(builder: tfds.core.DatasetBuilder, split, data_cfg) -> tf.data.Dataset
         lambda ex: {"video": ex[video_key], "label": tf.cast(ex[label_key], tf.int32)},
         num_parallel_calls=AUTOTUNE,
     )
+
+
+def _stored_frames(builder: tfds.core.DatasetBuilder, data_cfg) -> str | None:
+    """The frame encoding when the pipeline should decode frames itself, else None.
+
+    A clip uses a few of a video's frames (16 of a 10-s Kinetics video's 250), so
+    decoding only those (and, for JPEG, only the crop window) is most of the input
+    pipeline's speed. With `data.cache` the decoded videos are kept in memory instead.
+    """
+    return None if data_cfg.cache else frame_encoding(builder, data_cfg)
 
 
 def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -305,7 +396,8 @@ def train_dataset(
     builder = load_builder(data_cfg)
     split, _ = _process_share(data_cfg.train_split, process_index, process_count)
     process_index = jax.process_index() if process_index is None else process_index
-    ds = _read(builder, split, data_cfg)
+    encoding = _stored_frames(builder, data_cfg)
+    ds = _read(builder, split, data_cfg, keep_encoded=encoding is not None)
     if data_cfg.cache:
         ds = ds.cache()
     ds = ds.shuffle(data_cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
@@ -325,13 +417,21 @@ def train_dataset(
         video = sample_clip(
             ex["video"], num_frames=data_cfg.num_frames, stride=data_cfg.frame_stride, seed=s_time
         )
-        video = random_resized_crop(
-            video,
-            size=data_cfg.crop_size,
+        crop = dict(
             scale=tuple(data_cfg.train_scale),
             aspect_ratio=tuple(data_cfg.train_aspect_ratio),
             seed=s_crop,
         )
+        if encoding == "jpeg":
+            # The same box and pixels as cropping the decoded frames (tested).
+            shape = tf.io.extract_jpeg_shape(video[0], output_type=tf.int32)
+            box = random_crop_box(shape[0], shape[1], **crop)
+            video = decode_frames(video, box=box, jpeg=True)
+            video = resize(video, (data_cfg.crop_size, data_cfg.crop_size))
+        else:
+            if encoding is not None:
+                video = decode_frames(video)
+            video = random_resized_crop(video, size=data_cfg.crop_size, **crop)
         if data_cfg.random_flip:
             video = random_flip(video, seed=s_flip)
         video = normalize(video, mean=tuple(data_cfg.mean), std=tuple(data_cfg.std))
@@ -350,7 +450,8 @@ def eval_views(
     """All evaluation views of one video: clips x crops, clip-major.
 
     Args:
-      video: uint8 (T, H, W, 3) video.
+      video: uint8 (T, H, W, 3) video, or string (T,) encoded frames (only the
+        sampled ones are decoded).
       data_cfg: The config's `data` section (or any object with its sampling fields).
       normalized: False returns float32 pixel values in [0, 255] (exported models
         normalize inside).
@@ -364,6 +465,9 @@ def eval_views(
         stride=data_cfg.frame_stride,
         num_clips=data_cfg.eval_num_clips,
     )
+    if clips.dtype == tf.string:
+        frames = decode_frames(tf.reshape(clips, [-1]))
+        clips = tf.reshape(frames, tf.concat([tf.shape(clips), tf.shape(frames)[1:]], 0))
     views = []
     for i in range(data_cfg.eval_num_clips):
         clip = resize_short_side(clips[i], data_cfg.crop_size)
@@ -410,7 +514,7 @@ def eval_dataset(
     sizes = [builder.info.splits[share].num_examples for share in shares]
     num_batches = math.ceil(max(sizes) / batch_size)
     num_local = builder.info.splits[split].num_examples
-    ds = _read(builder, split, data_cfg)
+    ds = _read(builder, split, data_cfg, keep_encoded=_stored_frames(builder, data_cfg) is not None)
     if data_cfg.cache:
         ds = ds.cache()
     ds = ds.map(
