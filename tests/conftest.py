@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -64,3 +66,50 @@ def hub():
     import torch_compat
 
     return torch_compat.import_pytorchvideo_hub()
+
+
+@functools.cache
+def _fake_gcs_class():
+    """One in-memory file system class for every test: epath caches the fsspec
+    file system it gets, so each test must see the same class (and store)."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class FakeGCS(MemoryFileSystem):
+        protocol = ("gs", "gcs")
+        store: dict = {}
+        pseudo_dirs = [""]
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            path = str(path)
+            for prefix in ("gs://", "gcs://"):
+                path = path.removeprefix(prefix)
+            return MemoryFileSystem._strip_protocol(path)
+
+    return FakeGCS
+
+
+@pytest.fixture
+def fake_gcs(monkeypatch):
+    """``gs://`` URLs served from memory: etils.epath (what vkd_jax.storage and Orbax's
+    path handling use) is sent to fsspec, and fsspec's ``gs`` to an in-memory file
+    system, so tests exercise bucket paths without a network. Yields the store
+    (object path -> file) to inspect."""
+    import fsspec
+    from etils.epath import gpath
+
+    fake = _fake_gcs_class()
+    for name in fake.protocol:
+        fsspec.register_implementation(name, fake, clobber=True)
+    # With TensorFlow installed epath would send gs:// to TensorFlow's (real) GCS client.
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+    fake.store.clear()
+    fake.pseudo_dirs[:] = [""]
+    try:
+        yield fake.store
+    finally:
+        fake.store.clear()
+        fake.pseudo_dirs[:] = [""]
+        registry = sys.modules["fsspec.registry"]._registry  # (fsspec.registry is a mapping)
+        for name in fake.protocol:
+            registry.pop(name, None)

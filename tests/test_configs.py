@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from vkd_jax import config_lib
+from vkd_jax import config_lib, storage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(
@@ -165,26 +165,31 @@ def test_compilation_cache_is_on_by_default_configurable_and_fills(tmp_path):
     assert out.stdout.split("USED ")[1].strip() == str(tmp_path / "from_env")
 
 
-def test_remote_data_dir_is_accepted_and_remote_dirs_we_write_or_open_are_refused():
-    """A gs:// TFDS data_dir passes the checks without touching the network (TFDS reads
-    it); a gs:// workdir or model directory is refused naming the fix (both are read or
-    written with open(): a mounted bucket works)."""
+def test_bucket_paths_are_accepted_without_a_network(fake_gcs):
+    """gs:// data_dir, workdir and model directories pass the checks: the data_dir is
+    TFDS's to read (not touched here), the workdir is kept as a URL (abspath would fold
+    it into "gs:/..."), and a model directory must exist in the (in-memory) bucket."""
     c = config_lib.default_config()
     c.data.data_dir = "gs://bucket/tensorflow_datasets"
     for mode in ("train", "experiment"):
         config_lib.validate(_with(c, mode=mode))
-    for key in ("init_checkpoint", "teachers.cnn.checkpoint"):
-        bad = _with(c, mode="distill")
-        node, *rest = key.split(".")
-        if rest:
-            bad[node].cnn.checkpoint = "gs://bucket/teachers/x3d_m"
-        else:
-            bad[node] = "gs://bucket/runs/pretext/model"
-        with pytest.raises(config_lib.ConfigError, match=f"{key}.*remote model directories"):
-            config_lib.validate(bad)
-    with pytest.raises(config_lib.ConfigError, match="remote workdirs are not supported"):
-        config_lib.check_workdir("gs://bucket/runs/x")
+    assert config_lib.check_workdir("gs://bucket/runs/x/") == "gs://bucket/runs/x"
     assert config_lib.check_workdir("runs/x") == os.path.abspath("runs/x")
+    with pytest.raises(config_lib.ConfigError, match="workdir is empty"):
+        config_lib.check_workdir("")
+    storage.makedirs("gs://bucket/teachers/x3d_m")
+    for key in ("init_checkpoint", "teachers.cnn.checkpoint"):
+        for path, ok in (("gs://bucket/teachers/x3d_m", True), ("gs://bucket/none", False)):
+            cfg = _with(c, mode="distill")
+            if key == "init_checkpoint":
+                cfg.init_checkpoint = path
+            else:
+                cfg.teachers.cnn.checkpoint = path
+            if ok:
+                config_lib.validate(cfg)
+            else:
+                with pytest.raises(config_lib.ConfigError, match=f"{key}.*no such model"):
+                    config_lib.validate(cfg)
 
 
 def test_fast_compile_settings_turn_on_threefry_kernel_lowering_and_change_no_number():

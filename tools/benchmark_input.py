@@ -1,6 +1,6 @@
 """Input-pipeline throughput: training clips/s from a built video_folder dataset.
 
-Run (writes its own videos; about 5 minutes on a 2-core CPU):
+Run (writes its own videos; 1-3 minutes on a 2-core CPU):
   python tools/benchmark_input.py [--workdir /tmp/vkd_input] [--frames 16] [--crop 224]
       [--batch 8] [--batches 30] [--step-clips-per-s 85]
 
@@ -9,10 +9,10 @@ Writes ``--videos`` MP4 files (generic layout, 6 classes, ``--length`` frames of
 ``video_folder`` TFDS dataset (JPEG frames, short side 256, as the real-data
 recipes store them), then times the training input pipeline (``pipeline.train_dataset``:
 random clip, random-resized crop to ``--crop``, flip, normalize, batch, prefetch;
-no cache, so each clip's JPEG frames are decoded, only its crop window) for ``--batches`` batches after
-``--warmup`` ones. Reports clips/s, clips/s per host core, and how many cores the
-step's appetite (``--step-clips-per-s``: e.g. the dual-teacher step's clips/s on the
-accelerator) needs at this rate.
+no cache, so only each clip's JPEG frames are decoded, and of them only the crop
+window) for ``--batches`` batches after ``--warmup`` ones. Reports clips/s, clips/s
+per host core, and how many cores the step's appetite (``--step-clips-per-s``: e.g.
+the dual-teacher step's clips/s on the accelerator) needs at this rate.
 """
 
 from __future__ import annotations

@@ -16,9 +16,7 @@ Two kinds of directories:
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 from collections.abc import Mapping
 from typing import Any
@@ -29,7 +27,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from vkd_jax import models
+from vkd_jax import models, storage
 
 METADATA_FILE = "vkd_model.json"
 _VARIABLES_DIR = "variables"
@@ -54,39 +52,37 @@ def save_model(path: str, variables: Mapping[str, Any], metadata: Mapping[str, A
     for key in ("name", "variant", "num_classes"):
         if key not in metadata:
             raise ValueError(f"Model metadata needs {key!r}, got keys {sorted(metadata)}")
-    path = os.path.abspath(path)
+    path = storage.resolve(path)
     tmp = path + ".tmp"
-    if jax.process_index() == 0 and os.path.exists(tmp):
-        shutil.rmtree(tmp)
+    if jax.process_index() == 0 and storage.exists(tmp):
+        storage.rmtree(tmp)
     variables = jax.tree_util.tree_map(np.asarray, jax.device_get(dict(variables)))
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(os.path.join(tmp, _VARIABLES_DIR), variables)
         ckptr.wait_until_finished()
     if jax.process_index() == 0:
-        with open(os.path.join(tmp, METADATA_FILE), "w") as f:
-            json.dump(dict(metadata), f, indent=2, default=_json_default)
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        storage.write_json(
+            os.path.join(tmp, METADATA_FILE), dict(metadata), indent=2, default=_json_default
+        )
+        storage.replace_dir(tmp, path)
 
 
 def read_metadata(path: str) -> dict[str, Any]:
     """Reads ``vkd_model.json`` of a model directory, with errors that say what is wrong."""
     if not path:
         raise CheckpointError("No checkpoint path given")
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
         raise CheckpointError(
             f"Model checkpoint not found: {path!r} (expected a directory written by a vkd_jax "
             "train/distill stage or by tools/convert_checkpoint.py)"
         )
     meta_path = os.path.join(path, METADATA_FILE)
-    if not os.path.isfile(meta_path) or not os.path.isdir(os.path.join(path, _VARIABLES_DIR)):
+    if not storage.isfile(meta_path) or not storage.isdir(os.path.join(path, _VARIABLES_DIR)):
         raise CheckpointError(
             f"{path!r} is not a complete vkd_jax model directory: it needs {METADATA_FILE} and "
             f"{_VARIABLES_DIR}/ (an interrupted save leaves only a '.tmp' directory)"
         )
-    with open(meta_path) as f:
-        return json.load(f)
+    return storage.read_json(meta_path)
 
 
 def load_model(
@@ -126,7 +122,7 @@ def load_model(
     with ocp.StandardCheckpointer() as ckptr:
         try:
             variables = ckptr.restore(
-                os.path.join(os.path.abspath(path), _VARIABLES_DIR),
+                os.path.join(storage.resolve(path), _VARIABLES_DIR),
                 jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract),
             )
         except (ValueError, KeyError) as e:
@@ -151,7 +147,7 @@ def abstract_variables(module: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
 def checkpoint_manager(directory: str, *, max_to_keep: int) -> ocp.CheckpointManager:
     """An orbax manager for a stage's training state; saves are asynchronous."""
     return ocp.CheckpointManager(
-        epath.Path(os.path.abspath(directory)),
+        epath.Path(storage.resolve(directory)),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
     )
 

@@ -40,7 +40,6 @@ Features of any shape are flattened per example: ``(n, T, H, W, C) -> (n, T*H*W*
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -49,6 +48,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vkd_jax import storage
 
 KERNELS = ("linear", "rbf")
 
@@ -716,7 +717,7 @@ def plot_cka_grid(
             ax.set_xticks(range(len(cols_)), cols_, rotation=90, fontsize=7)
             ax.set_yticks(range(len(rows)), rows, fontsize=7)
     fig.colorbar(image, ax=axes.ravel().tolist(), label="CKA", shrink=0.9)
-    fig.savefig(os.fspath(path), dpi=100 if len(grid) > 2 else 120)
+    storage.savefig(fig, path, dpi=100 if len(grid) > 2 else 120)
     plt.close(fig)
 
 
@@ -734,12 +735,10 @@ def save_cka_json(
     for name, (values, rows, cols) in maps.items():
         values = np.asarray(values, dtype=np.float64)
         out[name] = {"rows": list(rows), "cols": list(cols), "cka": values.tolist()}
-    with open(os.fspath(path), "w") as f:
-        json.dump(out, f, indent=1)
+    storage.write_json(path, out, indent=1)
 
 
 def load_cka_json(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, list[str], list[str]]]:
     """Reads maps written by save_cka_json: name -> (map, row names, column names)."""
-    with open(os.fspath(path)) as f:
-        data = json.load(f)
+    data = storage.read_json(path)
     return {k: (np.asarray(v["cka"]), v["rows"], v["cols"]) for k, v in data.items()}

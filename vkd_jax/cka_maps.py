@@ -16,7 +16,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from vkd_jax import checkpoint, cka, sharding
+from vkd_jax import checkpoint, cka, sharding, storage
 from vkd_jax.data import pipeline
 
 # Stage directories of an experiment workdir, in the order the maps are shown.
@@ -26,9 +26,9 @@ _ORDER = ("teacher_vit", "teacher_cnn", "student_scratch", "student_distill")
 def find_models(workdir: str) -> dict[str, str]:
     """Stage name -> model directory for every finished stage under ``workdir``."""
     found = {}
-    for name in sorted(os.listdir(workdir)):
+    for name in storage.listdir(workdir):
         path = os.path.join(workdir, name, "model")
-        if os.path.isfile(os.path.join(path, checkpoint.METADATA_FILE)):
+        if storage.isfile(os.path.join(path, checkpoint.METADATA_FILE)):
             found[name] = path
     return dict(sorted(found.items(), key=lambda kv: (_rank(kv[0]), kv[0])))
 
@@ -132,7 +132,7 @@ def experiment_maps(
     if not paths:
         raise FileNotFoundError(f"No finished model under {workdir!r} to compute CKA maps of")
     outdir = os.path.join(workdir, "cka")
-    os.makedirs(outdir, exist_ok=True)
+    storage.makedirs(outdir)
     self_maps = model_self_maps(config, paths)
     students = [n for n in self_maps if n.startswith("student")]
     teachers = [n for n in self_maps if n.startswith("teacher")]

@@ -13,6 +13,8 @@ import os
 
 import ml_collections
 
+from vkd_jax import storage
+
 MODES = (
     "data",
     "train",
@@ -127,29 +129,19 @@ def _check_model_dirs(config: ml_collections.ConfigDict) -> None:
     if config.mode in TEACHER_MODES:
         paths += [(f"teachers.{n}.checkpoint", t.checkpoint) for n, t in config.teachers.items()]
     for key, path in paths:
-        if isinstance(path, str) and "://" in path:
-            # Model directories are read with open() (their metadata): mount remote ones.
-            raise ConfigError(
-                f"{key} = {path!r}: remote model directories are not supported; mount the "
-                "bucket (e.g. gcsfuse) and pass the mounted path (docs/scale.md)"
-            )
-        if isinstance(path, str) and path and not os.path.isdir(path):
+        if isinstance(path, str) and path and not storage.isdir(path):
             raise ConfigError(f"{key} = {path!r}: no such model directory")
 
 
 def check_workdir(path: str) -> str:
-    """The absolute local workdir, or ConfigError for a remote one (gs://...).
+    """The workdir as stages use it: an absolute local path, or a bucket URL unchanged.
 
-    Stages write their files with plain ``open``, so a bucket works through a
-    mount (gcsfuse) only; remote *inputs* (``data.data_dir``, model directories) are
-    left to TFDS and Orbax, which read them directly.
+    Raises:
+      ConfigError: an empty path.
     """
-    if "://" in path:
-        raise ConfigError(
-            f"workdir {path!r}: remote workdirs are not supported; mount the bucket "
-            "(e.g. gcsfuse) and pass the mounted path (docs/scale.md)"
-        )
-    return os.path.abspath(path)
+    if not path:
+        raise ConfigError("workdir is empty: pass --workdir DIR (a local path or gs://...)")
+    return storage.resolve(path)
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -45,7 +45,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vkd_jax import config_lib, evaluation, stages, train
+from vkd_jax import config_lib, evaluation, stages, storage, train
 from vkd_jax.config_lib import ConfigError
 from vkd_jax.data import pipeline
 from vkd_jax.experiment import mean_std
@@ -213,9 +213,8 @@ def _claim_teacher_dir(config, t, root: str) -> None:
     """Records a teacher's settings, or raises if its folder holds another teacher."""
     want = json.loads(json.dumps(teacher_settings(config, t), default=list))
     path = os.path.join(root, "teacher.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            have = json.load(f)
+    if storage.isfile(path):
+        have = storage.read_json(path)
         if have != want:
             diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
             raise ConfigError(
@@ -223,11 +222,9 @@ def _claim_teacher_dir(config, t, root: str) -> None:
                 "differ); use another ensemble.teacher_dir or workdir"
             )
         return
-    os.makedirs(root, exist_ok=True)
+    storage.makedirs(root)
     if jax.process_index() == 0:
-        with open(path + ".tmp", "w") as f:
-            json.dump(want, f, indent=1)
-        os.replace(path + ".tmp", path)
+        storage.write_json(path, want, indent=1)
 
 
 def run_teacher(config, t, teacher_dir: str) -> dict[str, Any]:
@@ -309,9 +306,9 @@ def row_maps(config, workdir: str, row_name: str, row, teachers, student_dir, sc
     from vkd_jax import cka, cka_maps  # matplotlib only when maps are wanted.
 
     outdir = os.path.join(workdir, "cka")
-    os.makedirs(outdir, exist_ok=True)
+    storage.makedirs(outdir)
     json_path = os.path.join(outdir, f"{row_name}.json")
-    if os.path.isfile(json_path):
+    if storage.isfile(json_path):
         maps = cka.load_cka_json(json_path)
     else:
         paths = {n: teachers[n]["checkpoint"] for n, _ in ordered(row.teachers)}
@@ -360,7 +357,7 @@ def _describe(t) -> str:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) one ensemble analysis; returns and writes its table."""
     validate(config)
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     started = time.time()
     pipeline.load_builder(config.data)  # The downstream data, built once before any stage.
     e = config.ensemble
@@ -411,10 +408,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     }
     markdown = table_markdown(config, results)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, f"{e.analysis}.json"), "w") as f:
-            json.dump(results, f, indent=2, default=str)
-        with open(os.path.join(workdir, f"{e.analysis}.md"), "w") as f:
-            f.write(markdown)
+        storage.write_json(
+            os.path.join(workdir, f"{e.analysis}.json"), results, indent=2, default=str
+        )
+        storage.write_text(os.path.join(workdir, f"{e.analysis}.md"), markdown)
         if e.run_cka:
             _figure(config, workdir)
     print(markdown)
@@ -430,10 +427,9 @@ def _teacher_weights(summary: Mapping[str, Any]) -> dict[str, float]:
 def _stage_seconds(teachers, workdir) -> float:
     """Wall time of every stage's own run (pretraining, fine-tuning, students)."""
     total = sum(t.get("pretrain_seconds", 0.0) + t.get("seconds", 0.0) for t in teachers.values())
-    for path, _, files in os.walk(os.path.join(workdir, "students")):
+    for path, _, files in storage.walk(os.path.join(workdir, "students")):
         if evaluation.EVAL_FILE in files:
-            with open(os.path.join(path, evaluation.EVAL_FILE)) as f:
-                total += json.load(f).get("seconds", 0.0)
+            total += storage.read_json(os.path.join(path, evaluation.EVAL_FILE)).get("seconds", 0.0)
     return total
 
 

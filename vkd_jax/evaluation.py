@@ -15,7 +15,6 @@ analysis, which differs in two documented ways (see :func:`count_macs`).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -28,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vkd_jax import storage
 from vkd_jax.models import layers
 
 # ----------------------------------------------------------------------------- size and cost
@@ -398,7 +398,7 @@ def plot_confusion(
                 color = "white" if normalized[i, j] > 0.5 else "black"
                 ax.text(j, i, f"{normalized[i, j]:.2f}", ha="center", va="center", color=color)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    storage.savefig(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -465,7 +465,7 @@ def evaluate_checkpoint(
       what: how error messages name the model (e.g. ``"teacher 'cnn'"``).
       **extra: fields added to the summary (e.g. ``stage``).
     """
-    os.makedirs(outdir, exist_ok=True)
+    storage.makedirs(outdir)
     from vkd_jax import checkpoint, sharding, stages
     from vkd_jax.data import pipeline  # TensorFlow: only when evaluating on a dataset.
 
@@ -483,5 +483,4 @@ def evaluate_checkpoint(
 
 def write_eval(outdir: str, summary: Mapping[str, Any]) -> None:
     if jax.process_index() == 0:
-        with open(os.path.join(outdir, EVAL_FILE), "w") as f:
-            json.dump(summary, f, indent=2)
+        storage.write_json(os.path.join(outdir, EVAL_FILE), summary, indent=2)

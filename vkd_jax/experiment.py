@@ -12,7 +12,6 @@ several seeds, sharing the teachers, reported as mean and standard deviation.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -22,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vkd_jax import evaluation, stages, train
+from vkd_jax import evaluation, stages, storage, train
 from vkd_jax.data import pipeline
 from vkd_jax.losses import objective
 
@@ -104,9 +103,8 @@ def _teacher_stages(config, workdir) -> tuple[dict[str, Any], dict[str, Any]]:
 def _evaluate_checkpoint(config, path: str, workdir: str, name: str) -> dict[str, Any]:
     outdir = os.path.join(workdir, f"teacher_{name}")
     eval_path = os.path.join(outdir, evaluation.EVAL_FILE)
-    if os.path.isfile(eval_path):
-        with open(eval_path) as f:
-            return json.load(f)
+    if storage.isfile(eval_path):
+        return storage.read_json(eval_path)
     return evaluation.evaluate_checkpoint(
         config, path, outdir, what=f"teacher {name!r}", stage=f"teacher_{name}"
     )
@@ -403,8 +401,6 @@ def _results_markdown(rows, results) -> str:
 def _write_results(workdir, results, markdown, name="results") -> None:
     if jax.process_index() != 0:
         return
-    with open(os.path.join(workdir, f"{name}.json"), "w") as f:
-        json.dump(results, f, indent=2, default=str)
-    with open(os.path.join(workdir, f"{name}.md"), "w") as f:
-        f.write(markdown)
+    storage.write_json(os.path.join(workdir, f"{name}.json"), results, indent=2, default=str)
+    storage.write_text(os.path.join(workdir, f"{name}.md"), markdown)
     logging.info("Wrote %s", os.path.join(workdir, f"{name}.md"))

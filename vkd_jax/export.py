@@ -36,6 +36,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vkd_jax import storage
 from vkd_jax.models import layers
 
 FORMATS = ("saved_model", "tflite", "tflite_int8", "onnx")
@@ -154,11 +156,16 @@ def export(
     variables = jax.tree_util.tree_map(np.asarray, jax.device_get(dict(variables)))
     reference = np.asarray(jax.jit(fn)(variables, check_pixels))
 
-    outdir = os.path.abspath(outdir)
-    tmp = outdir + ".tmp"
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    os.makedirs(tmp)
+    outdir = storage.resolve(outdir)
+    # The runners check the files where they are written: a local folder, moved (or,
+    # for a bucket, uploaded) to outdir when every check has passed.
+    if storage.is_remote(outdir):
+        tmp = tempfile.mkdtemp(prefix="vkd_export_")
+    else:
+        tmp = outdir + ".tmp"
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+        os.makedirs(tmp)
     name = f"{meta['name']}/{meta['variant']}"
     report: dict[str, Any] = {
         "model": name,
@@ -224,9 +231,7 @@ def export(
         os.remove(os.path.join(tmp, FILES["tflite"]))
     with open(os.path.join(tmp, EXPORT_FILE), "w") as f:
         json.dump(report, f, indent=2)
-    if os.path.exists(outdir):
-        shutil.rmtree(outdir)
-    os.replace(tmp, outdir)
+    storage.replace_dir(tmp, outdir)
     return report
 
 
@@ -521,7 +526,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
 
     x = config.export
     path = x.model or os.path.join(workdir, "student_distill", "model")
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
         raise checkpoint.CheckpointError(
             f"export.model = {path!r}: no model directory there (set --config.export.model "
             "to a model folder written by a stage or tools/convert_checkpoint.py)"
@@ -530,7 +535,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     if x.batch_size < 1:
         raise config_lib.ConfigError(f"export.batch_size must be >= 1, got {x.batch_size}")
     module, variables, meta = checkpoint.load_model(path, what="export.model")
-    meta = dict(meta, checkpoint=os.path.abspath(path))
+    meta = dict(meta, checkpoint=storage.resolve(path))
     class_names = meta.get("class_names")
     info = None
     if x.eval_videos or not class_names:
@@ -548,12 +553,16 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     prep = preprocessing(meta, class_names=class_names)
     if x.eval_videos:
         _check_sampling(config.data, prep)
-    outdir = os.path.abspath(x.outdir or os.path.join(workdir, "export"))
+    outdir = storage.resolve(x.outdir or os.path.join(workdir, "export"))
+    # Evaluating the artifacts reads them from a local folder; a bucket gets the result.
+    local = outdir
+    if storage.is_remote(outdir):
+        local = os.path.join(tempfile.mkdtemp(prefix="vkd_export_"), "export")
     report = export(
         module,
         variables,
         meta,
-        outdir,
+        local,
         formats=formats,
         batch_size=int(x.batch_size),
         tolerance=float(x.tolerance),
@@ -563,16 +572,15 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     if x.eval_videos:
         report["eval"] = evaluate_artifacts(
             config,
-            outdir,
+            local,
             formats,
             logits_fn(module, variables, prep),
             variables,
             limit=int(x.eval_videos),
         )
-        tmp = os.path.join(outdir, EXPORT_FILE + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=2)
-        os.replace(tmp, os.path.join(outdir, EXPORT_FILE))
+        storage.write_json(os.path.join(local, EXPORT_FILE), report, indent=2)
+    if local != outdir:
+        storage.replace_dir(local, outdir)
     print(summary_table(report))
     print(f"Artifacts and report ({EXPORT_FILE}) in {outdir}")
     return report

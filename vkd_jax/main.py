@@ -84,8 +84,10 @@ def enable_compilation_cache(path: str) -> str:
     path = os.environ.get("VKD_COMPILATION_CACHE", path)
     if not path:
         return ""
-    path = os.path.abspath(os.path.expanduser(path))
-    os.makedirs(path, exist_ok=True)
+    from vkd_jax import storage
+
+    path = storage.resolve(path)  # JAX reads and writes a gs:// cache itself.
+    storage.makedirs(path)
     jax.config.update("jax_compilation_cache_dir", path)
     return path
 
@@ -115,7 +117,7 @@ def main(argv):
 
     import jax
 
-    from vkd_jax import config_lib
+    from vkd_jax import config_lib, storage
 
     config = FLAGS.config
     try:
@@ -125,7 +127,7 @@ def main(argv):
         if os.environ.get("VKD_DISTRIBUTED"):  # Multi-host (TPU pods): one process per host.
             jax.distributed.initialize()
         workdir = config_lib.check_workdir(FLAGS.workdir)
-        os.makedirs(workdir, exist_ok=True)
+        storage.makedirs(workdir)
         logging.info("vkd_jax mode=%s workdir=%s devices=%s", config.mode, workdir, jax.devices())
 
         from vkd_jax import modes

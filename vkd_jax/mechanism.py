@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 
+from vkd_jax import storage
+
 HISTORY_FILE = "metrics.jsonl"  # Logged training metrics, one JSON object per line.
 LOSS_TERMS = ("ce", "kd", "sdd", "sdd_adapter", "rkd_distance", "rkd_angle", "feature_kd")
 
@@ -36,21 +38,21 @@ def append_history(workdir: str, step: int, means: Mapping[str, float]) -> None:
     a resume a step may appear twice: :func:`read_history` keeps the last one.
     """
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, HISTORY_FILE), "a") as f:
-            f.write(json.dumps({"step": step, **means}) + "\n")
+        storage.append_text(
+            os.path.join(workdir, HISTORY_FILE), json.dumps({"step": step, **means}) + "\n"
+        )
 
 
 def read_history(workdir: str) -> list[dict[str, float]]:
     """The logged training metrics of a stage, one dict per logged step, in step order."""
     path = os.path.join(workdir, HISTORY_FILE)
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         return []
     by_step = {}
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                point = json.loads(line)
-                by_step[point["step"]] = point
+    for line in storage.read_text(path).splitlines():
+        if line.strip():
+            point = json.loads(line)
+            by_step[point["step"]] = point
     return [by_step[k] for k in sorted(by_step)]
 
 
@@ -150,6 +152,6 @@ def plot(history: Sequence[Mapping[str, float]], path: str, *, title: str = "") 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    storage.savefig(fig, path, dpi=100)
     plt.close(fig)
     return path

@@ -9,7 +9,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from vkd_jax import evaluation, experiment, stages, train
+from vkd_jax import evaluation, experiment, stages, storage, train
 from vkd_jax.data import pipeline, preview
 
 
@@ -58,8 +58,7 @@ def run_data(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         video_key=config.data.video_key,
         label_key=config.data.label_key,
     )
-    with open(os.path.join(workdir, "data_stats.json"), "w") as f:
-        json.dump(stats, f, indent=2)
+    storage.write_json(os.path.join(workdir, "data_stats.json"), stats, indent=2)
     print(f"Contact sheet: {path}")
     return stats
 

@@ -15,7 +15,6 @@ and their queue of keys in the resumable state, not in the model directory.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -28,7 +27,17 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from vkd_jax import checkpoint, evaluation, models, pretext, sharding, stages, train, train_step
+from vkd_jax import (
+    checkpoint,
+    evaluation,
+    models,
+    pretext,
+    sharding,
+    stages,
+    storage,
+    train,
+    train_step,
+)
 from vkd_jax.data import pipeline
 from vkd_jax.data import pretext as pretext_data
 
@@ -225,13 +234,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """
     summary_path = os.path.join(workdir, SUMMARY_FILE)
     model_dir = os.path.join(workdir, "model")
-    if os.path.isfile(summary_path) and os.path.isfile(
+    if storage.isfile(summary_path) and storage.isfile(
         os.path.join(model_dir, checkpoint.METADATA_FILE)
     ):
         logging.info("Pretraining in %s already finished; skipping", workdir)
-        with open(summary_path) as f:
-            return json.load(f)
-    os.makedirs(workdir, exist_ok=True)
+        return storage.read_json(summary_path)
+    storage.makedirs(workdir)
     started = time.time()
     pcfg = ml_collections.FrozenConfigDict(config.pretext)
     spec = stages.trained_spec(config)
@@ -346,8 +354,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     writer.write_scalars(num_steps, {"eval/pretext_accuracy": summary["pretext_accuracy"]})
     writer.flush()
     if jax.process_index() == 0:
-        with open(summary_path, "w") as f:
-            json.dump(summary, f, indent=2)
+        storage.write_json(summary_path, summary, indent=2)
     print(
         f"{name} ({spec.name}/{spec.variant}): held-out pretext accuracy "
         f"{100 * summary['pretext_accuracy']:.1f}% (chance {100 * summary['chance']:.1f}%), "

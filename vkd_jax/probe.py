@@ -16,7 +16,6 @@ The two evaluations self-supervised video papers report besides fine-tuning:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,7 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from vkd_jax import checkpoint, evaluation, sharding, stages
+from vkd_jax import checkpoint, evaluation, sharding, stages, storage
 from vkd_jax.data import pipeline
 
 SUMMARY_FILE = "probe.json"
@@ -163,16 +162,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     Writes ``<workdir>/probe.json``; a finished probe is not run again.
     """
     path = os.path.join(workdir, SUMMARY_FILE)
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
+    if storage.isfile(path):
+        return storage.read_json(path)
     if not config.init_checkpoint:
         raise checkpoint.CheckpointError(
             "mode=probe evaluates the model directory in config.init_checkpoint; set "
             "--config.init_checkpoint=DIR (e.g. a pretraining workdir's model/)"
         )
     started = time.time()
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     info = pipeline.dataset_info(config.data)
     module, variables, meta = checkpoint.load_model(
         config.init_checkpoint,
@@ -226,8 +224,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         seconds=time.time() - started,
     )
     if jax.process_index() == 0:
-        with open(path, "w") as f:
-            json.dump(summary, f, indent=2)
+        storage.write_json(path, summary, indent=2)
     recalls = "  ".join(f"R@{k} {100 * summary[f'R@{k}']:.1f}%" for k in p.recall_at)
     print(
         f"probe {summary['model']} ({config.init_checkpoint}): linear-probe top-1 "

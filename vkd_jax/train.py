@@ -19,7 +19,6 @@ the jitted step in :mod:`vkd_jax.train_step`.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections.abc import Mapping
@@ -33,7 +32,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from vkd_jax import checkpoint, evaluation, mechanism, models, sharding, train_step
+from vkd_jax import checkpoint, evaluation, mechanism, models, sharding, storage, train_step
 from vkd_jax.data import pipeline
 from vkd_jax.losses import objective
 from vkd_jax.stages import Stage, compute_dtype, model_metadata
@@ -58,13 +57,12 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
     """
     eval_path = os.path.join(stage.workdir, evaluation.EVAL_FILE)
     model_dir = os.path.join(stage.workdir, "model")
-    if os.path.isfile(eval_path) and os.path.isfile(
+    if storage.isfile(eval_path) and storage.isfile(
         os.path.join(model_dir, checkpoint.METADATA_FILE)
     ):
         logging.info("Stage %s already finished in %s; skipping", stage.name, stage.workdir)
-        with open(eval_path) as f:
-            return json.load(f)
-    os.makedirs(stage.workdir, exist_ok=True)
+        return storage.read_json(eval_path)
+    storage.makedirs(stage.workdir)
     started = time.time()
 
     # ------------------------------------------------------------ mesh, data

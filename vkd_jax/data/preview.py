@@ -13,6 +13,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from vkd_jax import storage  # noqa: E402
+
 
 def class_counts(builder: Any, split: str, label_key: str) -> collections.Counter:
     """Examples per class index in ``split``, reading labels only."""
@@ -70,5 +72,5 @@ def contact_sheet(
             if r == 0:
                 ax.set_title(f"frame {f + 1}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    storage.savefig(fig, path, dpi=80)
     plt.close(fig)
