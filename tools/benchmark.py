@@ -68,6 +68,15 @@ def load_config(path: str, overrides: list[str]) -> ml_collections.ConfigDict:
         for p in parents:
             node = node[p]
         node[leaf] = value if isinstance(node[leaf], str) else ast.literal_eval(value)
+    # Nothing here reads data or weights (random weights, random clips): the paths a
+    # recipe requires (dataset, source videos, teacher checkpoints) are not needed.
+    if config.data.get("data_dir") is None:
+        config.data.data_dir = ""
+    if "folder" in config.data and config.data.folder.get("root") is None:
+        config.data.folder.root = ""
+    for teacher in config.teachers.values():
+        if teacher.get("checkpoint") is None:
+            teacher.checkpoint = ""
     return config
 
 
