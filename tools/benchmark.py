@@ -143,8 +143,9 @@ def forward_rows(
             except (ImportError, RuntimeError) as e:  # e.g. a torchvision build that won't load
                 what = f"{spec.name}/{spec.variant}"
                 print(f"PyTorch reference of {what} unavailable: {str(e)[:120]}")
-        # Transformers' patch embeddings are their only convolutions: one mode is enough.
-        convolutional = spec.name in ("x3d", "r2plus1d", "shufflenet3d", "slowfast")
+        # The plain ViT's patch embedding is its only convolution (nn.Conv, the same in
+        # every mode): one row is enough. MViT pools with depthwise layers.Conv3d.
+        convolutional = spec.name in ("x3d", "r2plus1d", "shufflenet3d", "slowfast", "mvit")
         for mode in modes if convolutional else modes[:1]:
             fwd = jax.jit(lambda v, x, m=model: m.apply(v, x, train=False)[0])
             t0 = time.perf_counter()
@@ -312,7 +313,19 @@ def main(argv=None) -> None:
         "vkd_jax.models.layers.convolutions); the train step and each CNN's forward "
         "get one row per mode",
     )
+    parser.add_argument(
+        "--torchvision-workaround",
+        action="store_true",
+        help="register an empty torchvision._meta_registrations before importing "
+        "torchvision (the PyPI CPU builds of torch and torchvision do not load together "
+        "without it; its meta kernels serve only torch.compile)",
+    )
     args = parser.parse_args(argv)
+    if args.torchvision_workaround:
+        import types
+
+        name = "torchvision._meta_registrations"
+        sys.modules.setdefault(name, types.ModuleType(name))
     unknown = [m for m in args.convolutions if m not in layers.CONVOLUTION_MODES]
     if unknown:
         parser.error(f"--convolutions: unknown {unknown}; one of {layers.CONVOLUTION_MODES}")
@@ -364,7 +377,7 @@ def main(argv=None) -> None:
     for r in rows:
         print(
             f"| {r['what']} | {r['teachers']} | {r['step_ms']:.1f} | {r['p90_ms']:.1f} | "
-            f"{r['clips_per_s']:.1f} | {r['memory_mib']:.0f} ({r['memory_kind']}) | "
+            f"{r['clips_per_s']:.1f} | {_mib(r['memory_mib'], r['memory_kind'])} | "
             f"{r['init_s']:.1f} | {r['compile_s']:.1f} | {r['since_start_s']:.1f} |"
         )
     print(
@@ -372,6 +385,10 @@ def main(argv=None) -> None:
         f"{rows[0]['since_start_s']:.1f} s; persistent compilation cache: "
         f"{cache or 'off'} (a second run with it warm shows the warm start)."
     )
+
+
+def _mib(value: float, kind: str) -> str:
+    return "-" if value != value else f"{value:.0f} ({kind})"  # NaN: not reported here.
 
 
 def _header(config, args) -> str:
