@@ -68,3 +68,22 @@ def test_benchmark_takes_a_recipe_without_its_data_or_checkpoints():
     config_lib.validate(config)
     assert config.data.crop_size == 112 and config.teachers.vit.checkpoint == ""
     assert (config.student.name, config.teachers.cnn.variant) == ("x3d", "m")
+
+
+def test_profile_step_lists_the_backward_ops(tmp_path):
+    """tools/profile_step.py times forward and grad and reads its own trace back."""
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['profile_step.py', '--model', 'x3d', '--variant', 'mini', '--frames', '4',\n"
+        f"            '--size', '16', '--batch', '1', '--trace-dir', {str(tmp_path)!r}]\n"
+        "runpy.run_path('tools/profile_step.py', run_name='__main__')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "forward + backward (grad):" in out.stdout
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "ms" not in line]
+    assert len(rows) >= 3, out.stdout  # Op kinds with their time, largest first.
+    times = [float(r.split("|")[2]) for r in rows]
+    assert times == sorted(times, reverse=True) and times[0] > 0
