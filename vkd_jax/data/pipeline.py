@@ -4,10 +4,11 @@ Train: this process's share of the split -> cache -> seeded shuffle -> repeat ->
 per-example stateless augmentation (temporal clip sampling, random resized crop,
 optional flip, normalization) -> batch -> prefetch. Without the cache, videos
 stored as encoded frames (tfds Video) stay encoded until a clip's frames are
-chosen: only those are decoded, and for JPEG only the crop window of each. Eval: every video gives
-`eval_num_clips` x `eval_num_crops` views; batches are padded (with `mask`) so
-that every example is seen exactly once and every process yields the same
-number of batches (multi-host evaluation stays in lockstep).
+chosen: only those are decoded, and for JPEG only the crop window of each.
+
+Eval: every video gives `eval_num_clips` x `eval_num_crops` views; batches are
+padded (with `mask`) so that every example is seen exactly once and every process
+yields the same number of batches (multi-host evaluation stays in lockstep).
 
 Every augmentation is a plain TF function of a video and an explicit stateless
 seed, so it gives the same values eagerly and inside tf.data (the tests check
