@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from vkd_jax import config_lib, ensemble, modes
+from vkd_jax import config_lib, ensemble, modes, reporting
 
 ANALYSES = ("subset_size", "task_complexity", "ood_teachers", "task_categories")
 
@@ -100,39 +100,41 @@ def _record(row, teachers, students, scratch, blocks=None):
     return rec
 
 
-def test_verdicts_compare_the_student_with_its_best_teacher_within_the_seed_spread():
+def test_verdicts_compare_the_student_with_its_best_teacher_by_the_paired_rule():
     rows = [
-        # Student 0.50 +- 0.01 vs best teacher 0.40: holds.
+        # Student 0.49 / 0.51 vs best teacher 0.40: +10 ± 1.4, t(1) = 12.7 -> [-2.7, +22.7].
         _record("a", {"t1": 0.40, "t2": 0.30}, [0.49, 0.51], [0.2, 0.2],
                 {"t1": 0.5, "t2": 0.3, "student": 0.1}),
-        # Student 0.40 +- 0.10 vs 0.42: within one std.
-        _record("b", {"t1": 0.42, "t2": 0.30}, [0.33, 0.47], [0.2, 0.2],
+        # Student 0.40 / 0.42 / 0.41 vs 0.30: +11 ± 1 over 3 seeds: holds.
+        _record("b", {"t1": 0.30, "t2": 0.20}, [0.40, 0.42, 0.41], [0.2, 0.2, 0.2],
                 {"t1": 0.0, "t2": 0.0, "student": 0.2}),
-        # Student 0.20 +- 0.0 vs 0.42: the opposite holds.
+        # Student 0.20 on both seeds vs 0.42: the opposite holds.
         _record("c", {"t1": 0.42, "t2": 0.30}, [0.2, 0.2], [0.3, 0.3]),
     ]  # fmt: skip
     v = ensemble.verdicts("task_complexity", rows)
     kd = [x for x in v if x["inference"] != ensemble.BLOCK_INFERENCE]
-    assert [x["verdict"].split(" ")[0] for x in kd] == ["holds", "not", "does"]
+    assert [x["verdict"] for x in kd] == [reporting.NOT_SHOWN, reporting.HOLDS, reporting.OPPOSITE]
     assert kd[0]["difference"] == pytest.approx(10.0) and kd[0]["compared_with"] == "t1"
+    assert kd[0]["low"] == pytest.approx(10.0 - 12.7062, abs=1e-3)
     blocks = [x for x in v if x["inference"] == ensemble.BLOCK_INFERENCE]
     assert [x["row"] for x in blocks] == ["a", "b"]  # Row c has no maps.
-    assert blocks[0]["verdict"] == "holds" and blocks[0]["difference"] == pytest.approx(0.3)
-    assert blocks[1]["verdict"].startswith("does not hold")
+    assert blocks[0]["verdict"] == reporting.HOLDS and blocks[0]["difference"] == pytest.approx(0.3)
+    assert blocks[1]["verdict"] == reporting.OPPOSITE
     assert [ensemble._distant_pairs(n, 2) for n in (2, 3, 6, 10)] == [0, 1, 10, 36]
     # Half a layer pair apart (teachers 0.1 and 0.0, student 0.0): no finding either way.
     tiny = [_record("d", {"t1": 0.4, "t2": 0.3}, [0.5, 0.5], [0.2, 0.2],
                     {"t1": 0.1, "t2": 0.0, "student": 0.0})]  # fmt: skip
     v = [x for x in ensemble.verdicts("ood_teachers", tiny) if x["row"] == "d"]
-    assert v[-1]["verdict"].startswith("not shown here (less than one layer pair")
-    # Task categories also compare with the student without pretraining (ST).
-    v = ensemble.verdicts("task_categories", rows[:1])
+    assert v[-1]["verdict"].startswith(reporting.NOT_SHOWN + " (less than one layer pair")
+    # Task categories also compare with the student without pretraining (ST), per seed.
+    v = ensemble.verdicts("task_categories", rows[1:2])
     st = [x for x in v if x["compared_with"] == "ST"]
-    assert st and st[0]["difference"] == pytest.approx(30.0) and st[0]["verdict"] == "holds"
+    assert st and st[0]["difference"] == pytest.approx(21.0) and st[0]["verdict"] == "holds"
     # Subset size: the smallest subset's student against the largest subset's best teacher.
     v = ensemble.verdicts("subset_size", [rows[1], rows[0]])
-    assert v[0]["compared_with"] == "a/t1" and v[0]["difference"] == pytest.approx(0.0)
-    assert v[0]["verdict"] == "holds"
+    assert v[0]["compared_with"] == "a/t1" and v[0]["difference"] == pytest.approx(1.0)
+    # +0, +2, +1 points: level with the teacher within the interval, so "reaches" is not shown.
+    assert v[0]["verdict"] == reporting.NOT_SHOWN
 
 
 def _tiny_ensemble(data_dir, **rows):

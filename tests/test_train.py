@@ -20,6 +20,7 @@ from vkd_jax import (
     experiment,
     mechanism,
     models,
+    reporting,
     sharding,
     stages,
     train,
@@ -240,14 +241,17 @@ def test_fine_tuning_from_a_checkpoint_with_another_class_count(tiny_data_dir, t
         train.run(config, other)
 
 
-def test_claim_verdicts_compare_means_against_one_std():
+def test_claim_verdicts_are_paired_by_seed():
     table = {
-        "scratch": [0.50, 0.52, 0.54],  # 52 ± 2
+        "scratch": [0.50, 0.52, 0.54],
         "kd_cnn": [0.60, 0.61, 0.62],  # 61 ± 1
         "kd_vit": [0.55, 0.56, 0.57],
-        "uniform_dual": [0.60, 0.62, 0.64],  # 62 ± 2: +1 vs kd_cnn, within one std
-        "datw": [0.50, 0.51, 0.52],  # 51 ± 1: -11 vs uniform, the opposite holds
-        "datw_sdd": [0.70, 0.70, 0.70],  # +19 vs datw: holds
+        # +1, 0, +2 vs kd_cnn: mean +1, interval +1 ± 2.48: not shown.
+        "uniform_dual": [0.61, 0.61, 0.64],
+        "datw": [0.50, 0.51, 0.52],  # -11 on every seed vs uniform: the opposite holds
+        # +1 on every seed vs datw (std 0 of the differences): holds, although each row's
+        # own seed-to-seed std (1) equals the difference.
+        "datw_sdd": [0.51, 0.52, 0.53],
         "datw_sdd_rkd": [0.70, 0.71, 0.72],
     }
     teachers = {"cnn": {"top1": 0.9}, "vit": {"top1": 0.65}}
@@ -255,12 +259,14 @@ def test_claim_verdicts_compare_means_against_one_std():
     assert len(verdicts) == len(experiment.CLAIMS)
     two = verdicts["Two teachers beat the best single teacher (uniform KD)"]
     assert two["compared_with"] == "kd_cnn"
-    assert two["difference"] == pytest.approx(1.0) and two["std"] == pytest.approx(2.0)
-    assert two["verdict"] == "does not hold here (difference within one std)"
-    assert verdicts["DATW beats uniform teacher weighting"]["verdict"].endswith("opposite holds)")
-    assert verdicts["SDD adds to DATW"]["verdict"] == "holds"
+    assert two["difference"] == pytest.approx(1.0) and two["std"] == pytest.approx(1.0)
+    assert two["differences"] == pytest.approx([1.0, 0.0, 2.0])
+    assert two["low"] == pytest.approx(1.0 - 2.48418, abs=1e-4)
+    assert two["verdict"] == reporting.NOT_SHOWN
+    assert verdicts["DATW beats uniform teacher weighting"]["verdict"] == reporting.OPPOSITE
+    assert verdicts["SDD adds to DATW"]["verdict"] == reporting.HOLDS
     vit = verdicts["The distilled student beats its ViT teacher"]
     assert vit["compared_with"] == "vit" and vit["difference"] == pytest.approx(6.0)
-    assert vit["verdict"] == "holds"
+    assert vit["verdict"] == reporting.HOLDS
     # Rows that were not run give no verdict.
     assert experiment.claim_verdicts({"scratch": [0.5]}, {}) == []

@@ -45,10 +45,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vkd_jax import config_lib, evaluation, stages, storage, train
+from vkd_jax import config_lib, evaluation, reporting, stages, storage, train
 from vkd_jax.config_lib import ConfigError
 from vkd_jax.data import pipeline
-from vkd_jax.experiment import mean_std
 
 # The study's four analyses: the table's title and the inference it tests.
 ANALYSES: Mapping[str, dict[str, str]] = {
@@ -451,19 +450,18 @@ def _figure(config, workdir: str) -> None:
 # ---------------------------------------------------------------------------- verdicts
 
 
-def _vs_best_teacher(row) -> tuple[float, float, str]:
-    """(student mean - best teacher, student std, best teacher's name), in points."""
-    mean, std = mean_std(100 * np.asarray(row["student_top1"]))
+def _vs_best_teacher(row) -> tuple[reporting.Comparison, str]:
+    """The student's per-seed top-1 against its best teacher (one run), in points."""
     best = max(row["teachers"], key=lambda n: row["teachers"][n]["top1"])
-    return mean - 100 * row["teachers"][best]["top1"], std, best
+    c = reporting.paired_comparison(
+        100 * np.asarray(row["student_top1"]), 100 * row["teachers"][best]["top1"]
+    )
+    return c, best
 
 
-def _verdict(diff: float, std: float) -> str:
-    if diff > std:
-        return "holds"
-    if diff >= -std:
-        return "not shown here (difference within one std)"
-    return "does not hold here (the opposite holds)"
+def _entry(inference: str, row: str, compared_with: str, c: reporting.Comparison) -> dict:
+    d = {k: v for k, v in c.to_dict().items() if k != "mean"}
+    return dict(inference=inference, row=row, compared_with=compared_with, difference=c.mean, **d)
 
 
 def verdicts(
@@ -471,35 +469,36 @@ def verdicts(
 ) -> list[dict[str, Any]]:
     """The study's inference for ``analysis`` and the block-structure one, per row.
 
-    A difference "holds" when it exceeds the students' seed-to-seed std (teachers are
-    single runs), is "within one std" when smaller, else the opposite holds. Block
-    scores (``min_gap``: the score's) must differ by at least one layer pair.
+    Accuracy inferences use the shared verdict rule of :mod:`vkd_jax.reporting`
+    (docs/design.md, "The verdict rule"): the students' per-seed top-1 minus the
+    compared model's (a teacher, trained once; or the scratch student of the same
+    seed), with a 95% t-interval; "holds" when it lies above 0, "the opposite holds"
+    when below, else "not shown". The subset-size inference says "reaches"; it is held
+    to the same rule, so there "holds" means the student beats the teacher and "not
+    shown" covers a student level with it. Block scores are one map per model, without
+    seeds: a difference holds when it is at least one layer pair (``min_gap``: the
+    score's), else it is not shown.
     """
     out = []
     if analysis == "subset_size":
         # The smallest subset's student against the best teacher of the largest subset.
         first, last = rows[0], rows[-1]
-        mean, std = mean_std(100 * np.asarray(first["student_top1"]))
         best = max(last["teachers"], key=lambda n: last["teachers"][n]["top1"])
-        diff = mean - 100 * last["teachers"][best]["top1"]
-        # "Reaches": at least as good within one std.
-        verdict = "holds" if diff >= -std else "does not hold here (the opposite holds)"
-        out.append(dict(inference=ANALYSES[analysis]["inference"], row=first["row"],
-                        compared_with=f"{last['row']}/{best}", difference=diff, std=std,
-                        verdict=verdict))  # fmt: skip
+        c = reporting.paired_comparison(
+            100 * np.asarray(first["student_top1"]), 100 * last["teachers"][best]["top1"]
+        )
+        out.append(_entry(ANALYSES[analysis]["inference"], first["row"],
+                          f"{last['row']}/{best}", c))  # fmt: skip
     else:
         for row in rows:
-            diff, std, best = _vs_best_teacher(row)
-            out.append(dict(inference=ANALYSES[analysis]["inference"], row=row["row"],
-                            compared_with=best, difference=diff, std=std,
-                            verdict=_verdict(diff, std)))  # fmt: skip
+            c, best = _vs_best_teacher(row)
+            out.append(_entry(ANALYSES[analysis]["inference"], row["row"], best, c))
             if analysis == "task_categories":
-                mean, std = mean_std(100 * np.asarray(row["student_top1"]))
-                st_mean, st_std = mean_std(100 * np.asarray(row["scratch_top1"]))
-                spread = max(std, st_std)
-                out.append(dict(inference="... and beats the student without pretraining (ST)",
-                                row=row["row"], compared_with="ST", difference=mean - st_mean,
-                                std=spread, verdict=_verdict(mean - st_mean, spread)))  # fmt: skip
+                c = reporting.paired_comparison(
+                    100 * np.asarray(row["student_top1"]), 100 * np.asarray(row["scratch_top1"])
+                )
+                out.append(_entry("... and beats the student without pretraining (ST)",
+                                  row["row"], "ST", c))  # fmt: skip
     for row in rows:
         cka = row.get("cka")
         if not cka:
@@ -508,13 +507,13 @@ def verdicts(
         diff = float(np.nanmean(t_scores)) - cka["student"]["block_score"]
         # The score is a share of layer pairs: a difference under one pair is no finding.
         pairs = _distant_pairs(cka["student"].get("layers", 0), min_gap)
-        if pairs and abs(diff) * pairs < 1 - 1e-9:
-            verdict = "not shown here (less than one layer pair apart)"
+        if (pairs and abs(diff) * pairs < 1 - 1e-9) or diff == 0:
+            verdict = f"{reporting.NOT_SHOWN} (less than one layer pair apart)"
         else:
-            verdict = "holds" if diff > 0 else "does not hold here (same or more block structure)"
+            verdict = reporting.HOLDS if diff > 0 else reporting.OPPOSITE
         out.append(dict(inference=BLOCK_INFERENCE, row=row["row"],
                         compared_with="mean of its teachers", difference=diff, std=0.0,
-                        verdict=verdict))  # fmt: skip
+                        n=1, verdict=verdict))  # fmt: skip
     return out
 
 
@@ -528,8 +527,7 @@ def _distant_pairs(num_layers: int, min_gap: int) -> int:
 
 
 def _pct(values) -> str:
-    mean, std = mean_std(100 * np.asarray(values))
-    return f"{mean:.1f} ± {std:.1f}" if len(values) > 1 else f"{mean:.1f}"
+    return reporting.fmt_mean_std(values)
 
 
 def table_markdown(config, results: Mapping[str, Any]) -> str:
@@ -561,7 +559,7 @@ def table_markdown(config, results: Mapping[str, Any]) -> str:
         cells = [f"{100 * t['top1']:.1f}{block(n)}" for n, t in r["teachers"].items()] + ["-"] * (
             width - len(r["teachers"])
         )
-        diff, std, _ = _vs_best_teacher(r)
+        diff = _vs_best_teacher(r)[0].mean
         lines.append(
             f"| {r['title']} | " + " | ".join(cells)
             + f" | {_pct(r['student_top1'])}{block('student')} | "
@@ -582,13 +580,17 @@ def table_markdown(config, results: Mapping[str, Any]) -> str:
                 f"- `{t['key']}`: {_describe(ml_collections.ConfigDict(_spec_of(t)))}; "
                 f"pretext {pre}; fine-tuned top-1 {100 * t['top1']:.1f}%"
             )
-    lines += ["", "| Inference of the study | Row | Difference | Verdict here |"]
-    lines.append("|---|---|---|---|")
+    table = []
     for v in results["verdicts"]:
-        unit = "block score" if v["inference"] == BLOCK_INFERENCE else "points"
-        spread = f", std {v['std']:.1f}" if unit == "points" else ""
-        lines.append(
-            f"| {v['inference']} | {v['row']} | {v['difference']:+.2f} {unit} (vs "
-            f"{v['compared_with']}{spread}) | {v['verdict']} |"
-        )
+        if v["inference"] == BLOCK_INFERENCE:
+            shown = f"{v['difference']:+.2f} block score"
+        else:
+            shown = reporting.fmt_comparison(dict(v, mean=v["difference"])) + " points"
+        table.append((v["inference"], v["row"], v["compared_with"], shown, v["verdict"]))
+    lines.append("")
+    lines += reporting.markdown_table(
+        ("Inference of the study", "Row", "Compared with", "Difference [95% CI]", "Verdict here"),
+        table,
+    )
+    lines += ["", reporting.VERDICT_RULE]
     return "\n".join(lines) + "\n"

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vkd_jax import evaluation, stages, storage, train
+from vkd_jax import evaluation, reporting, stages, storage, train
 from vkd_jax.data import pipeline
 from vkd_jax.losses import objective
 
@@ -257,9 +257,9 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
     return results
 
 
-# The dual-teacher paper's claims (seeds/001), each as (claim, row, rows compared with):
-# the claim holds when the row's mean beats the best compared mean by more than one
-# standard deviation (the larger of the two rows'). "vit" compares with the ViT teacher.
+# The dual-teacher paper's claims, each as (claim, row, rows compared with): the row is
+# compared with the best (by mean) of the compared rows, paired by seed, under the verdict
+# rule of vkd_jax.reporting. "cnn"/"vit" compare with a teacher (one run, no spread).
 CLAIMS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Two teachers beat the best single teacher (uniform KD)", "uniform_dual",
      ("kd_cnn", "kd_vit")),
@@ -271,46 +271,33 @@ CLAIMS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("The distilled student beats its ViT teacher", "datw_sdd_rkd", ("vit",)),
 )  # fmt: skip
 
-
-def mean_std(values) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value), in the values' units."""
-    a = np.asarray(values, np.float64)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
-
-
 def claim_verdicts(
     table: Mapping[str, list[float]], teachers: Mapping[str, Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Each claim of :data:`CLAIMS` whose rows were run, with its verdict.
+    """Each claim of :data:`CLAIMS` whose rows were run, with its paired verdict.
 
     Args:
-      table: ablation row -> top-1 (fractions) over seeds.
+      table: ablation row -> top-1 (fractions), one per seed, every row on the same
+        seeds in the same order.
       teachers: teacher name -> evaluation summary (``top1``).
 
     Returns:
-      Dicts with ``claim``, ``difference`` (points: the row's mean minus the best
-      compared mean), ``std`` (points: the larger standard deviation of the two) and
-      ``verdict``: ``holds``, ``does not hold here (difference within one std)`` or
-      ``does not hold here (the opposite holds)``.
+      Dicts with ``claim``, ``row``, ``compared_with`` (the compared row with the best
+      mean), ``difference`` (points: the mean per-seed difference), ``std``, ``low``,
+      ``high`` (its 95% t-interval), ``n``, ``differences`` and ``verdict``
+      (``reporting.HOLDS``, ``NOT_SHOWN`` or ``OPPOSITE``; docs/design.md, "The verdict rule").
     """
-    stats = {row: mean_std(100 * np.asarray(v)) for row, v in table.items()}
+    values: dict[str, Any] = {row: 100 * np.asarray(v, np.float64) for row, v in table.items()}
     for name, summary in teachers.items():
-        stats.setdefault(name, (100 * float(summary["top1"]), 0.0))
+        values.setdefault(name, np.float64(100 * float(summary["top1"])))
     out = []
     for claim, row, others in CLAIMS:
-        if row not in stats or not all(o in stats for o in others):
+        if row not in values or not all(o in values for o in others):
             continue
-        best = max(others, key=lambda o: stats[o][0])
-        diff = stats[row][0] - stats[best][0]
-        spread = max(stats[row][1], stats[best][1])
-        if diff > spread:
-            verdict = "holds"
-        elif diff >= -spread:
-            verdict = "does not hold here (difference within one std)"
-        else:
-            verdict = "does not hold here (the opposite holds)"
-        out.append(dict(claim=claim, row=row, compared_with=best, difference=diff,
-                        std=spread, verdict=verdict))  # fmt: skip
+        best = max(others, key=lambda o: float(np.mean(values[o])))
+        c = reporting.paired_comparison(values[row], values[best])
+        out.append(dict(claim=claim, row=row, compared_with=best, difference=c.mean,
+                        **{k: v for k, v in c.to_dict().items() if k != "mean"}))  # fmt: skip
     return out
 
 
@@ -328,22 +315,24 @@ def ablation_markdown(config, top1, teacher_summaries, verdicts, seconds: float)
         f"`{split}` for {config.train.num_steps} steps; {seconds / 60:.1f} min of stage "
         "wall time in all (the stages' own runs).",
         "",
-        "| Setting | Top-1 % | Seeds |",
-        "|---|---|---|",
     ]
-    for n, s in teacher_summaries.items():
-        lines.append(f"| Teacher `{n}` ({s['model']}) | {100 * s['top1']:.1f} | 1 |")
-    for variant, accs in top1.items():
-        mean, std = mean_std(100 * np.asarray(accs))
-        lines.append(f"| {ABLATION_TITLES[variant]} | {mean:.1f} ± {std:.1f} | {len(accs)} |")
+    rows = [
+        (f"Teacher `{n}` ({s['model']})", reporting.fmt_mean_std([s["top1"]]), 1)
+        for n, s in teacher_summaries.items()
+    ]
+    rows += [
+        (ABLATION_TITLES[v], reporting.fmt_mean_std(accs), len(accs)) for v, accs in top1.items()
+    ]
+    lines += reporting.markdown_table(("Setting", "Top-1 %", "Seeds"), rows)
     if verdicts:
-        lines += ["", "| Claim of the paper | Difference (points) | Verdict here |"]
-        lines.append("|---|---|---|")
-        for v in verdicts:
-            lines.append(
-                f"| {v['claim']} | {v['difference']:+.1f} (std {v['std']:.1f}; vs "
-                f"{v['compared_with']}) | {v['verdict']} |"
-            )
+        lines.append("")
+        lines += reporting.markdown_table(
+            ("Claim of the paper", "Compared with", "Paired difference, points [95% CI]",
+             "Verdict here"),
+            [(v["claim"], v["compared_with"], reporting.fmt_comparison(
+                dict(v, mean=v["difference"])), v["verdict"]) for v in verdicts],
+        )  # fmt: skip
+        lines += ["", reporting.VERDICT_RULE]
     return "\n".join(lines) + "\n"
 
 
@@ -401,6 +390,5 @@ def _results_markdown(rows, results) -> str:
 def _write_results(workdir, results, markdown, name="results") -> None:
     if jax.process_index() != 0:
         return
-    storage.write_json(os.path.join(workdir, f"{name}.json"), results, indent=2, default=str)
-    storage.write_text(os.path.join(workdir, f"{name}.md"), markdown)
+    reporting.write_report(workdir, name, results, markdown)
     logging.info("Wrote %s", os.path.join(workdir, f"{name}.md"))
