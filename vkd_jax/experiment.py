@@ -271,6 +271,7 @@ CLAIMS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("The distilled student beats its ViT teacher", "datw_sdd_rkd", ("vit",)),
 )  # fmt: skip
 
+
 def claim_verdicts(
     table: Mapping[str, list[float]], teachers: Mapping[str, Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
