@@ -176,3 +176,133 @@ def test_sdd_loss_under_vmap_over_an_extra_leading_axis():
     batched = jax.jit(jax.vmap(per_clip))(pred, f_vit, f_cnn)
     assert batched.shape == (3, 2)
     np.testing.assert_allclose(batched[1], per_clip(pred[1], f_vit[1], f_cnn[1]), rtol=1e-5)
+
+
+# ------------------------------------------------------------ the residual target (eq. S1)
+
+
+def _orthogonal_fixing_ones(c, seed):
+    """An orthogonal ``Q`` with ``Q 1 = 1``: per-position normalization commutes with it,
+    so ``N(P(f Q)) = N(P(f)) Q`` and ``f Q`` is an exact linear function after ``N o P``."""
+    rng = np.random.default_rng(seed)
+    ones = np.ones((c, 1)) / np.sqrt(c)
+    basis = np.linalg.qr(np.concatenate([ones, rng.normal(size=(c, c - 1))], 1))[0][:, 1:]
+    o = np.linalg.qr(rng.normal(size=(c - 1, c - 1)))[0]
+    return (ones @ ones.T + basis @ o @ basis.T).astype(np.float32)
+
+
+def _fit(batches_vit, batches_cnn, *, ridge=1e-6, dim=64):
+    acc = losses.sdd.RidgeAccumulator()
+    for fv, fc in zip(batches_vit, batches_cnn):
+        x = losses.sdd.pooled_features(jnp.asarray(fc), GRID)
+        y = losses.sdd.pooled_features(jnp.asarray(fv), GRID)
+        acc.add(np.asarray(x).reshape(-1, x.shape[-1]), np.asarray(y).reshape(-1, y.shape[-1]))
+    return losses.sdd.fit_residual_map(acc, ridge=ridge, dim=dim)
+
+
+def test_residual_is_zero_when_the_vit_adds_nothing_and_random_projections_are_not():
+    c = 16
+    q = _orthogonal_fixing_ones(c, 0)
+    cnn = [_feat(10 + i, (8, 4, 4, 4, c)) for i in range(6)]  # 6 x 64 positions
+    residual_map = _fit([f @ q for f in cnn], cnn)
+    assert residual_map["r2"] > 0.999 and residual_map["residual_variance"] < 1e-4
+    f_cnn = _feat(99, (8, 4, 4, 4, c))  # held-out clips
+    f_vit = f_cnn @ q
+    r = losses.sdd.residual_target(jnp.asarray(f_vit), jnp.asarray(f_cnn), residual_map, grid=GRID)
+    assert r.shape == (8, *GRID, c)
+    y = losses.sdd.pooled_features(jnp.asarray(f_vit), GRID)
+    assert float(jnp.var(y)) == pytest.approx(1.0, abs=0.01)  # unit-variance inputs
+    assert float(jnp.var(r)) < 1e-3
+    # The earlier form subtracts two unrelated random bases: about twice one's variance.
+    old = losses.sdd_target(jnp.asarray(f_vit), jnp.asarray(f_cnn), grid=GRID, dim=c, seed=0)
+    assert 1.5 < float(jnp.var(old)) < 2.5
+
+
+def test_an_independent_vit_feature_keeps_its_variance():
+    cnn = [_feat(20 + i, (8, 4, 4, 4, 12)) for i in range(6)]
+    vit = [_feat(40 + i, (8, 2, 4, 4, 10)) for i in range(6)]
+    residual_map = _fit(vit, cnn, ridge=1e-3)
+    assert residual_map["r2"] < 0.1
+    f_vit, f_cnn = _feat(98, (8, 2, 4, 4, 10)), _feat(97, (8, 4, 4, 4, 12))
+    r = losses.sdd.residual_target(jnp.asarray(f_vit), jnp.asarray(f_cnn), residual_map, grid=GRID)
+    y = losses.sdd.pooled_features(jnp.asarray(f_vit), GRID)
+    assert float(jnp.var(r)) == pytest.approx(float(jnp.var(y)), rel=0.15)
+
+
+def test_ridge_fit_matches_the_augmented_least_squares_formula():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5))
+    y = x @ rng.normal(size=(5, 3)) + 0.5 + rng.normal(size=(200, 3))
+    acc = losses.sdd.RidgeAccumulator()
+    for part in np.array_split(np.arange(200), 3):  # batched accumulation = one batch
+        acc.add(x[part], y[part])
+    lam = 0.3
+    got = losses.sdd.fit_residual_map(acc, ridge=lam, dim=8)
+    # min (1/N)||y - xA - b||^2 + lam ||A||^2 as one least-squares problem (b unpenalised).
+    xa = np.concatenate([x, np.ones((200, 1))], 1)
+    pen = np.concatenate([np.sqrt(200 * lam) * np.eye(5), np.zeros((5, 1))], 1)
+    w = np.linalg.lstsq(np.concatenate([xa, pen]), np.concatenate([y, np.zeros((5, 3))]))[0]
+    np.testing.assert_allclose(got["weight"], w[:5], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["bias"], w[5], rtol=1e-5, atol=1e-6)
+    r = y - xa @ w
+    np.testing.assert_allclose(r.mean(0), 0.0, atol=1e-10)  # the bias is not penalised
+    assert got["r2"] == pytest.approx(1 - r.var(0).sum() / y.var(0).sum(), rel=1e-6)
+    np.testing.assert_array_equal(got["basis"], np.eye(3))  # C_vit <= dim: no reduction
+    with pytest.raises(ValueError, match="no features"):
+        losses.sdd.fit_residual_map(losses.sdd.RidgeAccumulator(), ridge=0.0, dim=2)
+
+
+def test_pca_keeps_the_directions_the_vit_adds_most():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2000, 6))
+    v = np.linalg.qr(rng.normal(size=(12, 2)))[0]  # the residual lives here (plus noise)
+    y = x @ rng.normal(size=(6, 12)) + (3 * rng.normal(size=(2000, 2))) @ v.T
+    y += 0.05 * rng.normal(size=y.shape)
+    acc = losses.sdd.RidgeAccumulator()
+    acc.add(x, y)
+    got = losses.sdd.fit_residual_map(acc, ridge=0.0, dim=2)
+    u = got["basis"]
+    assert u.shape == (12, 2)
+    np.testing.assert_allclose(u.T @ u, np.eye(2), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.svd(v.T @ u)[1], 1.0, atol=1e-3)  # same subspace
+    assert got["kept_variance"] > 0.99
+
+
+def test_residual_loss_has_no_gradient_to_teachers_and_checks_widths():
+    cnn = [_feat(60, (4, 2, 2, 2, 6))]
+    residual_map = _fit([_feat(61, (4, 2, 2, 2, 10))], cnn, ridge=1e-2, dim=4)
+    assert residual_map["basis"].shape == (10, 4)
+    f_vit, f_cnn = jnp.asarray(_feat(62, (2, 2, 2, 2, 10))), jnp.asarray(_feat(63, (2, 2, 2, 2, 6)))
+    pred = jnp.asarray(_feat(64, (2, *GRID, 4)))
+
+    def loss(p, fv, fc):
+        return losses.sdd_loss(p, fv, fc, grid=GRID, dim=64, residual_map=residual_map).sum()
+
+    gp, gv, gc = jax.jit(jax.grad(loss, (0, 1, 2)))(pred, f_vit, f_cnn)
+    np.testing.assert_array_equal(gv, 0.0)
+    np.testing.assert_array_equal(gc, 0.0)
+    assert float(jnp.abs(gp).sum()) > 0
+    with pytest.raises(ValueError, match="residual map is 6 -> 10 channels"):
+        losses.sdd.residual_target(f_vit, f_vit, residual_map, grid=GRID)
+
+
+def test_residual_map_is_stored_with_the_stage_and_reloaded(tmp_path):
+    import ml_collections
+
+    from vkd_jax import residual_fit
+    from vkd_jax.losses import objective
+
+    residual_map = _fit([_feat(70, (2, 2, 2, 2, 5))], [_feat(71, (2, 2, 2, 2, 3))], dim=4)
+    residual_fit.save_map(str(tmp_path / residual_fit.MAP_FILE), residual_map)
+    loaded = residual_fit.load_map(str(tmp_path / residual_fit.MAP_FILE))
+    for key in ("weight", "bias", "basis"):
+        np.testing.assert_array_equal(loaded[key], residual_map[key])
+    from configs import default
+
+    loss = default.get_config().loss
+    stage = ml_collections.ConfigDict(dict(loss=loss, workdir=str(tmp_path), train_split=""))
+    # The stored map is used as is: no teacher is run (there are none here).
+    got = residual_fit.stage_constants(None, stage, None, None)[objective.SDD_RESIDUAL_MAP]
+    np.testing.assert_array_equal(got["weight"], residual_map["weight"])
+    loss.sdd.target = "random_projections"
+    assert residual_fit.stage_constants(None, stage, None, None) == {}

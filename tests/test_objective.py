@@ -136,8 +136,22 @@ def _all_on_cfg(**extra):
     )
 
 
-def test_all_terms_under_jit_give_finite_grads_and_consistent_metrics():
-    cfg = _all_on_cfg()
+def _residual_constants(cfg, teachers):
+    """An SDD residual map fitted on the test batch itself (the shapes are what matters)."""
+    grid = tuple(cfg.sdd.grid)
+    pool = lambda name: losses.sdd.pooled_features(
+        objective.resolve_feature(teachers[name][1], "last_stage"), grid
+    )
+    x, y = np.asarray(pool(cfg.sdd.cnn_teacher)), np.asarray(pool(cfg.sdd.vit_teacher))
+    acc = losses.sdd.RidgeAccumulator()
+    acc.add(x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1]))
+    fitted = losses.sdd.fit_residual_map(acc, ridge=0.1, dim=int(cfg.sdd.dim))
+    return {objective.SDD_RESIDUAL_MAP: {k: fitted[k] for k in ("weight", "bias", "basis")}}
+
+
+@pytest.mark.parametrize("target", ["residual", "random_projections"])
+def test_all_terms_under_jit_give_finite_grads_and_consistent_metrics(target):
+    cfg = _all_on_cfg(**{"sdd.target": target})
     labels, (logits, feats), teachers = _outputs()
     teacher_feats = {k: v[1] for k, v in teachers.items()}
     heads = objective.DistillationHeads(cfg)
@@ -146,6 +160,12 @@ def test_all_terms_under_jit_give_finite_grads_and_consistent_metrics():
     )
     assert set(variables) == {"params"}
     assert set(variables["params"]) == {"sdd_branch", "sdd_adapter", "feature_kd_adapter"}
+    head_shapes = jax.eval_shape(
+        lambda v: heads.apply(v, feats, teacher_feats, train=True), variables
+    )
+    # The residual keeps min(D, C_vit) = min(8, 12) directions, the projections D = 8.
+    assert head_shapes[objective.SDD_RESIDUAL].shape == (B, *cfg.sdd.grid, 8)
+    constants = _residual_constants(cfg, teachers) if target == "residual" else None
 
     def loss_fn(params, logits, feats):
         head_out = heads.apply({"params": params}, feats, teacher_feats, train=True)
@@ -156,6 +176,7 @@ def test_all_terms_under_jit_give_finite_grads_and_consistent_metrics():
             student_features=feats,
             teacher_outputs=teachers,
             head_outputs=head_out,
+            constants=constants,
         )
 
     grad_fn = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True))
@@ -262,8 +283,10 @@ def test_bfloat16_inputs_give_float32_and_missing_pieces_raise():
     assert all(v.dtype == jnp.float32 for v in metrics.values())
     with pytest.raises(KeyError, match="vit"):
         _total(_cfg(sdd_weight=0.0), teachers_subset=("cnn",))
+    with pytest.raises(ValueError, match="needs the fitted map"):
+        _total(_cfg())  # The residual target, but no fitted map given
     with pytest.raises(KeyError, match="sdd_residual"):
-        _total(_cfg())  # SDD on, but no head outputs given
+        _total(_cfg(**{"sdd.target": "random_projections"}))  # SDD on, but no head outputs
     with pytest.raises(ValueError):
         _total(_cfg(**dict(SCRATCH, kd_weight=1.0), teacher_weighting="max"))
 
@@ -301,3 +324,36 @@ def test_kd_term_averages_probabilities_of_any_number_of_teachers():
             teacher_outputs=teachers,
             head_outputs={},
         )
+
+
+@pytest.mark.parametrize("weighting", ["datw", "uniform", "fixed", "oracle", "ca_mkd", "ebkd"])
+@pytest.mark.parametrize("place", ["mix", "per_teacher"])
+def test_every_teacher_weighting_at_both_places_matches_the_pure_losses(weighting, place):
+    kd_only = dict(SCRATCH, kd_weight=1.0, ce_weight=0.0, teacher_weighting=weighting)
+    extra = {"datw.place": place, "teacher_weights": (0.57, 0.43), "datw.discrepancy": "js",
+             "datw.confidence_temperature": 1.0}  # fmt: skip
+    cfg = _cfg(**kd_only, **extra)
+    (total, metrics), (logits, teachers) = _total(cfg)
+    stack = jnp.stack([teachers["cnn"][0], teachers["vit"][0]])
+    labels = jnp.array([0, 1, 2, 3])
+    w = {
+        "datw": lambda: losses.datw.datw_weights(
+            logits, stack, temperature=4.0, confidence_weight=1.0, discrepancy_weight=1.0,
+            weight_temperature=cfg.datw.weight_temperature, discrepancy="js",
+            confidence_temperature=1.0,
+        ),
+        "uniform": lambda: jnp.full((B, 2), 0.5),
+        "fixed": lambda: losses.datw.fixed_weights((0.57, 0.43), B),
+        "oracle": lambda: losses.datw.oracle_weights(stack, labels),
+        "ca_mkd": lambda: losses.datw.ca_mkd_weights(stack, labels),
+        "ebkd": lambda: losses.datw.ebkd_weights(stack, temperature=1.0),
+    }[weighting]()  # fmt: skip
+    expect = losses.datw.weighted_kd_loss(logits, stack, w, temperature=4.0, place=place).mean()
+    np.testing.assert_allclose(total, expect, rtol=1e-5)
+    np.testing.assert_allclose(metrics["datw_weight/cnn"], w[:, 0].mean(), rtol=1e-5)
+
+
+def test_fixed_weights_need_one_weight_per_teacher():
+    cfg = _cfg(**dict(SCRATCH, kd_weight=1.0), teacher_weighting="fixed", teacher_weights=(1.0,))
+    with pytest.raises(ValueError, match="one weight per"):
+        _total(cfg)

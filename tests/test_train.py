@@ -21,6 +21,7 @@ from vkd_jax import (
     mechanism,
     models,
     reporting,
+    residual_fit,
     sharding,
     stages,
     train,
@@ -56,6 +57,9 @@ def test_experiment_runs_end_to_end_and_resumes(tiny_data_dir, tmp_path):
     assert not os.path.exists(tmp_path / "student_scratch" / train.MECHANISM_FILE)
     assert set(results["models"]["student_distill"]["datw"]) == {"cnn", "vit"}
     assert "student_distill/mechanism.png" in md
+    # The SDD residual map was fitted once and stored with the distillation stage.
+    fitted = residual_fit.load_map(str(tmp_path / "student_distill" / residual_fit.MAP_FILE))
+    assert fitted["weight"].ndim == 2 and 0.0 <= float(fitted["r2"]) <= 1.0
     # The exported student has no training-only heads.
     _, variables, _ = checkpoint.load_model(str(tmp_path / "student_distill" / "model"))
     assert set(variables) <= {"params", "batch_stats"}
@@ -155,9 +159,10 @@ def test_sharded_step_equals_single_device_step():
     state = train_step.init_state(rng=jax.random.key(0), student=student, heads=heads,
                                   teachers=teachers, teacher_vars=teacher_vars, tx=tx,
                                   video=video[:2])  # fmt: skip
+    constants = residual_fit.shape_constants(loss_cfg, teachers, teacher_vars, video[:2])
     step = train_step.make_train_step(student=student, heads=heads, teachers=teachers,
                                       loss_cfg=loss_cfg, tx=tx, schedule=schedule,
-                                      rng=jax.random.key(3))  # fmt: skip
+                                      rng=jax.random.key(3), constants=constants)  # fmt: skip
     outs = []
     for n in (1, 4):
         mesh = sharding.make_mesh(n)

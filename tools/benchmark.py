@@ -50,7 +50,14 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vkd_jax import config_lib, models, sharding, stages, train_step  # noqa: E402
+from vkd_jax import (  # noqa: E402
+    config_lib,
+    models,
+    residual_fit,
+    sharding,
+    stages,
+    train_step,
+)
 from vkd_jax.losses import objective  # noqa: E402
 from vkd_jax.models import layers  # noqa: E402
 
@@ -248,6 +255,8 @@ def bench(
             heads=heads,
             teachers=teachers,
             loss_cfg=loss_cfg,
+            # The SDD residual map's shapes (its values do not change the step's cost).
+            constants=residual_fit.shape_constants(loss_cfg, teachers, teacher_vars, video),
             tx=tx,
             schedule=schedule,
             rng=jax.random.key(1),

@@ -62,7 +62,8 @@ _AT_LEAST_0 = (
     "data.folder.subset data.folder.num_workers experiment.teacher_num_steps "
     "loss.ce_weight loss.kd_weight loss.sdd_weight loss.rkd_distance_weight "
     "loss.rkd_angle_weight loss.feature_kd_weight loss.sdd.adapter_weight "
-    "loss.datw.confidence_weight loss.datw.discrepancy_weight probe.steps "
+    "loss.datw.confidence_weight loss.datw.discrepancy_weight loss.sdd.ridge probe.steps "
+    "loss.datw.confidence_temperature "
     "probe.learning_rate probe.weight_decay pretext.vcop.interval pretext.tdl.min_gap "
     "pretext.rspnet.avid_weight pretext.rspnet.rsp_weight"
 ).split()
@@ -80,8 +81,13 @@ _CHOICES = {
     "data.eval_num_crops": (1, 3),
     "data.folder.split": (1, 2, 3),
     "pretext.complexity": (1, 2, 3),
-    "loss.teacher_weighting": ("datw", "uniform"),
+    "loss.teacher_weighting": ("datw", "uniform", "fixed", "oracle", "ca_mkd", "ebkd"),
+    "loss.datw.confidence": ("entropy", "max_prob"),
+    "loss.datw.discrepancy": ("cosine", "centered_cosine", "js"),
+    "loss.datw.place": ("mix", "per_teacher"),
+    "loss.datw.combine": ("sum", "product"),
     "loss.ensemble_space": ("logits", "probs"),
+    "loss.sdd.target": ("residual", "random_projections"),
 }
 
 

@@ -32,7 +32,16 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from vkd_jax import checkpoint, evaluation, mechanism, models, sharding, storage, train_step
+from vkd_jax import (
+    checkpoint,
+    evaluation,
+    mechanism,
+    models,
+    residual_fit,
+    sharding,
+    storage,
+    train_step,
+)
 from vkd_jax.data import pipeline
 from vkd_jax.losses import objective
 from vkd_jax.stages import Stage, compute_dtype, model_metadata
@@ -124,11 +133,14 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
         state, start_step = restored
 
     # ------------------------------------------------------------------- step
+    # Fitted constants of the objective (the SDD residual map), stored with the stage.
+    constants = residual_fit.stage_constants(config, stage, teachers, teacher_vars)
     step_fn = train_step.make_train_step(
         student=student,
         heads=heads,
         teachers=teachers,
         loss_cfg=loss_cfg,
+        constants=constants,
         tx=tx,
         schedule=schedule,
         rng=jax.random.fold_in(rng, 2),

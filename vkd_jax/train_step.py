@@ -146,6 +146,7 @@ def make_train_step(
     schedule: Callable[[jax.Array], jax.Array],
     rng: jax.Array,
     accum_steps: int = 1,
+    constants: Mapping[str, Any] | None = None,
 ) -> Callable[[TrainState, Mapping[str, Any], Mapping[str, jax.Array]], tuple[TrainState, dict]]:
     """Returns ``step(state, teacher_vars, batch) -> (state, metrics)`` (not yet jitted).
 
@@ -153,7 +154,8 @@ def make_train_step(
     averaged before one update (gradient accumulation). A non-finite loss or
     gradient leaves the state unchanged (the update is masked out) and reports
     ``metrics["finite"] = False``, so a NaN never reaches the parameters or a
-    checkpoint; the host stops the run when it sees the flag.
+    checkpoint; the host stops the run when it sees the flag. ``constants`` are the
+    objective's fitted inputs (``objective.total_loss``), closed over as constants.
     """
 
     def loss_fn(params, batch_stats, teacher_vars, video, labels, step_rng):
@@ -179,6 +181,7 @@ def make_train_step(
             student_features=features,
             teacher_outputs=t_out,
             head_outputs=head_out,
+            constants=constants,
         )
         metrics = dict(metrics, loss=loss)
         return loss, (metrics, mutated.get("batch_stats", batch_stats))

@@ -3,10 +3,14 @@
 ``L = ce_weight CE + kd_weight KD + sdd_weight SDD + sdd.adapter_weight ADAPT
     + rkd_distance_weight RKD-D + rkd_angle_weight RKD-A + feature_kd_weight FitNets``
 
-where KD is DATW (``teacher_weighting="datw"``, ``losses.datw``) or KD against
-the uniform mean of the ``kd_teachers`` (``"uniform"``), for any number of
-teachers. ``ensemble_space`` says what is averaged: the logits (``"logits"``,
-DESIGN.md's DATW target ``softmax(sum_k w_k z_k / T)``) or the softened
+where KD is DATW (``teacher_weighting="datw"``, ``losses.datw``, with the variants
+of ``loss.datw``), KD against the uniform mean of the ``kd_teachers``
+(``"uniform"``), or one of the controls and peers of docs/design.md: ``"fixed"``
+(``loss.teacher_weights``), ``"oracle"``, ``"ca_mkd"``, ``"ebkd"``, for any number of
+teachers; ``loss.datw.place`` says whether the weights mix the teachers into one
+target or weight per-teacher KL terms. ``ensemble_space`` says what a mix averages:
+the logits (``"logits"``, docs/design.md's DATW target ``softmax(sum_k w_k z_k / T)``)
+or the softened
 probabilities (``"probs"``, ``sum_k w_k softmax(z_k / T)``, the teacher-ensemble
 study's setting). A term whose
 weight is 0 is not computed at all, and its teachers and heads are not needed,
@@ -40,11 +44,13 @@ Features = Mapping[str, Array]
 
 LAST_STAGE = "last_stage"
 _STAGE_RE = re.compile(r"^stage(\d+)$")
-_WEIGHTINGS = ("datw", "uniform")
+_WEIGHTINGS = ("datw", "uniform", "fixed", "oracle", "ca_mkd", "ebkd")
 _SPACES = ("logits", "probs")
 
 # Keys of DistillationHeads' outputs.
 SDD_RESIDUAL = "sdd_residual"
+# Key of total_loss's constants: the fitted SDD residual map (losses.sdd.fit_residual_map).
+SDD_RESIDUAL_MAP = "sdd_residual_map"
 SDD_ADAPTER = "sdd_adapter"
 FEATURE_KD = "feature_kd"
 
@@ -71,6 +77,16 @@ def resolve_feature(features: Features, key: str) -> Array:
 
 def _on(weight: float) -> bool:
     return float(weight) != 0.0
+
+
+def sdd_uses_residual_map(loss_cfg: Any) -> bool:
+    """Whether the objective needs a fitted SDD residual map (``sdd.target == "residual"``)."""
+    if not _on(loss_cfg.sdd_weight):
+        return False
+    target = loss_cfg.sdd.get("target", "random_projections")
+    if target not in sdd.TARGETS:
+        raise ValueError(f"loss.sdd.target must be one of {sdd.TARGETS}, got {target!r}")
+    return target == "residual"
 
 
 def required_teachers(loss_cfg: Any) -> tuple[str, ...]:
@@ -100,7 +116,9 @@ class DistillationHeads(nn.Module):
     """Training-only trainable heads of the enabled terms (only a ``params`` collection).
 
     * ``sdd_weight > 0``: ``"sdd_residual"``, the Structure Discrepancy Branch
-      (``models.sdb``) on ``sdd.student_feature``, ``(B, T', H', W', D)``;
+      (``models.sdb``) on ``sdd.student_feature``, ``(B, T', H', W', D)``; with the
+      residual target ``D = min(sdd.dim, C_vit)`` (the residual's width, read from the
+      ViT teacher's feature);
     * ``sdd.adapter_weight > 0``: ``"sdd_adapter"``, a 1x1x1 conv to ``D`` pooled to
       the grid, matched to ``phi_cnn(f_cnn)``, ``(B, T', H', W', D)``;
     * ``feature_kd_weight > 0``: ``"feature_kd"``, the FitNets regressor (Romero et
@@ -132,7 +150,8 @@ class DistillationHeads(nn.Module):
         Args:
           student_features: the student's feature dict.
           teacher_features: teacher name -> feature dict (only the teacher of
-            ``feature_kd`` is read, for its shape).
+            ``feature_kd`` and, for the SDD residual, the ViT teacher are read, for
+            their shapes).
           train: training mode (the heads have no dropout or batch statistics).
 
         Returns:
@@ -142,8 +161,12 @@ class DistillationHeads(nn.Module):
         out: dict[str, Array] = {}
         if _on(cfg.sdd_weight):
             x = resolve_feature(student_features, cfg.sdd.student_feature)
+            dim = int(cfg.sdd.dim)
+            if sdd_uses_residual_map(cfg):
+                f_vit = resolve_feature(teacher_features[cfg.sdd.vit_teacher], cfg.sdd.vit_feature)
+                dim = sdd.residual_width(f_vit.shape[-1], dim)
             branch = sdb.StructureDiscrepancyBranch(
-                dim=int(cfg.sdd.dim), grid=tuple(cfg.sdd.grid), dtype=self.dtype, name="sdd_branch"
+                dim=dim, grid=tuple(cfg.sdd.grid), dtype=self.dtype, name="sdd_branch"
             )
             out[SDD_RESIDUAL] = branch(x, train=train)
         if _on(cfg.sdd.adapter_weight):
@@ -201,6 +224,7 @@ def total_loss(
     student_features: Features,
     teacher_outputs: Mapping[str, tuple[Array, Features]],
     head_outputs: Mapping[str, Array],
+    constants: Mapping[str, Any] | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """The total distillation loss of DESIGN.md, batch-averaged, and its metrics.
 
@@ -212,6 +236,9 @@ def total_loss(
       teacher_outputs: teacher name -> ``(logits, features)``; only the teachers of
         :func:`required_teachers` are read.
       head_outputs: output of :class:`DistillationHeads`.
+      constants: fitted, non-trainable inputs of the terms: ``"sdd_residual_map"``
+        (:func:`vkd_jax.losses.sdd.fit_residual_map`'s arrays), needed when
+        ``sdd.target == "residual"``.
 
     Returns:
       ``(loss, metrics)``: a float32 scalar (the weighted sum of batch means of the
@@ -247,29 +274,51 @@ def total_loss(
             raise ValueError(
                 f"teacher_weighting must be one of {_WEIGHTINGS}, got {cfg.teacher_weighting!r}"
             )
-        # Confidence and discrepancy are computed (and logged) under uniform weighting
-        # too, so the ablation's runs can be compared on what DATW would have seen.
+        # Confidence and discrepancy are computed (and logged) under every weighting, so
+        # the ablation's runs can be compared on what DATW would have seen.
+        d = cfg.datw
         w, conf, disc = datw.datw_terms(
             student_logits,
             stack,
             temperature=cfg.temperature,
-            confidence_weight=cfg.datw.confidence_weight,
-            discrepancy_weight=cfg.datw.discrepancy_weight,
-            weight_temperature=cfg.datw.weight_temperature,
-            combine=cfg.datw.combine,
+            confidence_weight=d.confidence_weight,
+            discrepancy_weight=d.discrepancy_weight,
+            weight_temperature=d.weight_temperature,
+            combine=d.combine,
+            confidence=d.get("confidence", "entropy"),
+            confidence_temperature=d.get("confidence_temperature", 0.0),
+            discrepancy=d.get("discrepancy", "cosine"),
+            standardize_terms=d.get("standardize", False),
         )
-        adaptive = cfg.teacher_weighting == "datw"
-        if not adaptive:
+        weighting = cfg.teacher_weighting
+        adaptive = weighting == "datw"
+        if weighting == "uniform":
             w = jnp.full((stack.shape[1], len(names)), 1.0 / len(names), jnp.float32)
+        elif weighting == "fixed":
+            given = tuple(cfg.get("teacher_weights", ()))
+            if len(given) != len(names):
+                raise ValueError(
+                    f"teacher_weighting='fixed' needs loss.teacher_weights with one weight per "
+                    f"kd_teacher {names}, got {given}"
+                )
+            w = datw.fixed_weights(given, stack.shape[1])
+        elif weighting == "oracle":
+            w = datw.oracle_weights(stack, labels)
+        elif weighting == "ca_mkd":
+            w = datw.ca_mkd_weights(stack, labels)
+        elif weighting == "ebkd":
+            t_c = d.get("confidence_temperature", 0.0) or cfg.temperature
+            w = datw.ebkd_weights(stack, temperature=t_c)
         if cfg.ensemble_space not in _SPACES:
             raise ValueError(f"ensemble_space must be one of {_SPACES}, got {cfg.ensemble_space!r}")
-        target = kd.ensemble_targets(
-            stack, weights=w, space=cfg.ensemble_space, temperature=cfg.temperature
+        value = datw.weighted_kd_loss(
+            student_logits,
+            stack,
+            w,
+            temperature=cfg.temperature,
+            place=d.get("place", "mix"),
+            space=cfg.ensemble_space,
         )
-        if cfg.ensemble_space == "probs":
-            value = kd.kd_loss_from_probs(student_logits, target, temperature=cfg.temperature)
-        else:
-            value = kd.kd_loss(student_logits, target, temperature=cfg.temperature)
         add("kd", cfg.kd_weight, jnp.mean(value))
         for k, n in enumerate(names):
             metrics[f"datw_weight/{n}"] = jnp.mean(w[:, k])
@@ -290,6 +339,14 @@ def total_loss(
             f_vit = resolve_feature(
                 _teacher(teacher_outputs, cfg.sdd.vit_teacher, "sdd")[1], cfg.sdd.vit_feature
             )
+            residual_map = None
+            if sdd_uses_residual_map(cfg):
+                residual_map = (constants or {}).get(SDD_RESIDUAL_MAP)
+                if residual_map is None:
+                    raise ValueError(
+                        "loss.sdd.target = 'residual' needs the fitted map: pass "
+                        f"constants={{{SDD_RESIDUAL_MAP!r}: ...}} (vkd_jax.residual_fit)"
+                    )
             value = sdd.sdd_loss(
                 _head(head_outputs, SDD_RESIDUAL, "sdd"),
                 f_vit,
@@ -298,6 +355,7 @@ def total_loss(
                 dim=dim,
                 seed=seed,
                 loss_type=cfg.sdd.loss_type,
+                residual_map=residual_map,
             )
             add("sdd", cfg.sdd_weight, jnp.mean(value))
         if _on(cfg.sdd.adapter_weight):

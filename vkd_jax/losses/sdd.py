@@ -1,29 +1,44 @@
 """Structure Discrepancy-aware Distillation (SDD) targets and loss.
 
 From the adaptive dual-teacher paper ("Revisiting Cross-Architecture
-Distillation: Adaptive Dual-Teacher Transfer for Lightweight Video Models",
-seeds/001): the student learns the residual ``r = f_ViT - f_CNN`` between the
-ViT and the CNN teacher's features at aligned stages, "with optional
-projections phi to match shapes". DESIGN.md ("SDD") fixes the projections:
+Distillation: Adaptive Dual-Teacher Transfer for Lightweight Video Models"): the
+student learns what the ViT teacher's features hold *beyond* the CNN teacher's,
+at aligned stages, "with optional projections phi to match shapes". Both
+teachers' maps are first brought to a common grid (docs/design.md, "SDD"):
 
 * ``P``: adaptive average pooling of a ``(B, T, H, W, C)`` map to a common grid
   ``(T', H', W')`` (PyTorch ``AdaptiveAvgPool3d`` bins);
-* ``N``: per-position normalization (zero mean, unit variance over channels);
-* ``Q``: a fixed orthogonal random projection ``C -> D`` generated from a seed,
+* ``N``: per-position normalization (zero mean, unit variance over channels),
 
-so ``phi(f) = N(P(f)) Q`` and the residual target is                    (eq. S1)
-``r = stop_gradient(phi_vit(f_vit) - phi_cnn(f_cnn))``, shape ``(B, T', H', W', D)``.
-The loss compares the Structure Discrepancy Branch's prediction with ``r`` (eq. S2).
+so ``x = N(P(f_cnn))`` and ``y = N(P(f_vit))`` are ``(B, T', H', W', C_cnn)`` and
+``(..., C_vit)``. Two targets are implemented (``config.loss.sdd.target``):
 
-The projections are constants computed with NumPy at trace time, never
-parameters: a trainable target could collapse to zero.
+* ``"residual"`` (the default; docs/design.md eq. S1): a linear map ``(A, b)`` fitted
+  once, before the student trains, by ridge regression of ``y`` on ``x`` over the
+  training clips' positions (:class:`RidgeAccumulator`, :func:`fit_residual_map`),
+  and the residual ``r = y - (x A + b)``, projected on the top ``D`` principal
+  directions ``U`` of ``r`` itself when ``C_vit > D``: ``r = (y - x A - b) U``. ``r``
+  is what the CNN teacher's features cannot explain linearly; when the ViT feature
+  is a linear function of the CNN's, ``r = 0``. PCA of ``r`` (not of ``y``) keeps the
+  ``D`` directions along which the ViT adds the most; the leading directions of
+  ``y`` are often the ones the CNN explains.
+* ``"random_projections"`` (the earlier form, kept so old runs reproduce; eq. S1'):
+  ``r = phi_vit(f_vit) - phi_cnn(f_cnn)`` with ``phi(f) = N(P(f)) Q`` and two
+  independent fixed orthogonal random projections ``Q_vit``, ``Q_cnn`` (``C -> D``).
+  The difference of two unrelated bases is not a residual: when the ViT adds nothing
+  it still has about twice the variance of one projected feature.
+
+The loss compares the Structure Discrepancy Branch's prediction with ``r``, gradient
+stopped (eq. S2). Projections and the fitted map are constants, never parameters: a
+trainable target could collapse to zero.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +53,7 @@ from vkd_jax.models.layers import adaptive_avg_pool3d, adaptive_pool_matrix  # n
 Array = jax.Array
 
 LOSS_TYPES = ("mse", "smooth_l1", "cosine")
+TARGETS = ("residual", "random_projections")
 _NORM_EPS = 1e-5
 _COS_EPS = 1e-8
 # Salts of the two projection streams, so phi_vit and phi_cnn differ for one seed.
@@ -80,7 +96,7 @@ def normalize_positions(x: Array, eps: float = _NORM_EPS) -> Array:
 
 
 def _phi(features: Array, grid: Sequence[int], dim: int, seed: int, salt: int) -> Array:
-    x = normalize_positions(adaptive_avg_pool3d(features, grid))
+    x = pooled_features(features, grid)
     q = jnp.asarray(fixed_projection(x.shape[-1], int(dim), int(seed), salt))
     return x @ q
 
@@ -111,7 +127,10 @@ def phi_cnn(features: Array, *, grid: Sequence[int], dim: int, seed: int = 0) ->
 def sdd_target(
     vit_features: Array, cnn_features: Array, *, grid: Sequence[int], dim: int, seed: int = 0
 ) -> Array:
-    """Residual target ``r = stop_gradient(phi_vit(f_vit) - phi_cnn(f_cnn))`` (eq. S1).
+    """Random-projection target ``r = stop_gradient(phi_vit(f_vit) - phi_cnn(f_cnn))`` (eq. S1').
+
+    The earlier form of SDD (``loss.sdd.target = "random_projections"``); not a
+    residual (module docstring): :func:`residual_target` is.
 
     Returns:
       ``(B, T', H', W', D)`` float32, with no gradient to either teacher.
@@ -119,6 +138,149 @@ def sdd_target(
     r = phi_vit(vit_features, grid=grid, dim=dim, seed=seed) - phi_cnn(
         cnn_features, grid=grid, dim=dim, seed=seed
     )
+    return jax.lax.stop_gradient(r)
+
+
+# ------------------------------------------------------------------- residual
+
+
+def pooled_features(features: Array, grid: Sequence[int]) -> Array:
+    """``N(P(f))``: a ``(B, T, H, W, C)`` map pooled to ``grid`` and normalized per position."""
+    return normalize_positions(adaptive_avg_pool3d(features, grid))
+
+
+class RidgeAccumulator:
+    """Streams ``[x, 1]^T [x, 1]``, ``[x, 1]^T y`` and ``y^T y`` in float64 on the host.
+
+    Rows are positions: ``x`` ``(N, C_x)``, ``y`` ``(N, C_y)``. Feed it batch by batch
+    (:meth:`add`), then :func:`fit_residual_map`. Memory is ``O((C_x + C_y)^2)``,
+    independent of the number of clips.
+    """
+
+    def __init__(self) -> None:
+        self.xtx = None
+        self.xty = None
+        self.yty = None
+        self.ysum = None
+        self.n = 0
+
+    def add(self, x, y) -> None:
+        x = np.asarray(x, np.float64).reshape(-1, np.shape(x)[-1])
+        y = np.asarray(y, np.float64).reshape(-1, np.shape(y)[-1])
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} positions, y {y.shape[0]}")
+        xa = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
+        if self.xtx is None:
+            self.xtx = np.zeros((xa.shape[1],) * 2)
+            self.xty = np.zeros((xa.shape[1], y.shape[1]))
+            self.yty = np.zeros((y.shape[1],) * 2)
+            self.ysum = np.zeros(y.shape[1])
+        elif self.xtx.shape[0] != xa.shape[1] or self.yty.shape[0] != y.shape[1]:
+            raise ValueError("feature widths changed between batches")
+        self.xtx += xa.T @ xa
+        self.xty += xa.T @ y
+        self.yty += y.T @ y
+        self.ysum += y.sum(axis=0)
+        self.n += x.shape[0]
+
+
+def fit_residual_map(acc: RidgeAccumulator, *, ridge: float, dim: int) -> dict[str, np.ndarray]:
+    """Closed-form ridge fit of ``y ≈ x A + b`` and the PCA basis of its residual (eq. S1).
+
+    Minimises ``(1/N) sum_i ||y_i - x_i A - b||^2 + ridge ||A||_F^2`` (the bias is not
+    penalised, so the residual has zero mean over the fitted positions):
+    ``[A; b] = (X~^T X~ + N ridge diag(1, .., 1, 0))^{-1} X~^T Y`` with ``X~ = [X, 1]``.
+    The residual covariance ``S_r = (Y - X~W)^T (Y - X~W) / N`` follows from the same
+    sums; ``U`` holds its top ``min(dim, C_y)`` eigenvectors (identity when
+    ``C_y <= dim``, so no reduction happens).
+
+    Args:
+      acc: the accumulated sums (at least one position).
+      ridge: ``lambda >= 0``, relative to the mean squared error (so it does not
+        depend on the number of positions).
+      dim: the branch's width ``D``.
+
+    Returns:
+      float32 arrays ``weight`` ``(C_x, C_y)``, ``bias`` ``(C_y,)``, ``basis``
+      ``(C_y, D')``, and float64 scalars ``r2`` (the share of ``y``'s variance the
+      map explains on the fitted positions), ``residual_variance`` (mean over the
+      ``D'`` kept directions of ``r``'s variance), ``kept_variance`` (the share of the
+      residual's variance the basis keeps), ``ridge`` and ``num_positions``.
+    """
+    if acc.n < 1 or acc.xtx is None:
+        raise ValueError("no features were accumulated for the SDD residual fit")
+    if ridge < 0:
+        raise ValueError(f"ridge must be >= 0, got {ridge}")
+    n = float(acc.n)
+    penalty = np.full(acc.xtx.shape[0], n * float(ridge))
+    penalty[-1] = 0.0  # The bias.
+    w = np.linalg.lstsq(acc.xtx + np.diag(penalty), acc.xty, rcond=None)[0]
+    rtr = acc.yty - w.T @ acc.xty - acc.xty.T @ w + w.T @ acc.xtx @ w
+    cov_r = (rtr + rtr.T) / (2.0 * n)
+    ymean = acc.ysum / n
+    cov_y = acc.yty / n - np.outer(ymean, ymean)
+    c_y = cov_r.shape[0]
+    eigval, eigvec = np.linalg.eigh(cov_r)
+    order = np.argsort(eigval)[::-1]
+    eigval, eigvec = np.maximum(eigval[order], 0.0), eigvec[:, order]
+    if c_y <= dim:
+        basis, kept = np.eye(c_y), 1.0
+        residual_variance = float(np.trace(cov_r)) / c_y
+    else:
+        basis = eigvec[:, :dim]
+        # A deterministic sign: the largest entry of each direction is positive.
+        signs = np.sign(basis[np.argmax(np.abs(basis), axis=0), np.arange(dim)])
+        basis = basis * np.where(signs == 0, 1.0, signs)[None, :]
+        total = float(eigval.sum())
+        kept = float(eigval[:dim].sum() / total) if total > 0 else 1.0
+        residual_variance = float(eigval[:dim].mean())
+    total_y = float(np.trace(cov_y))
+    return {
+        "weight": w[:-1].astype(np.float32),
+        "bias": w[-1].astype(np.float32),
+        "basis": basis.astype(np.float32),
+        "r2": 1.0 - float(np.trace(cov_r)) / total_y if total_y > 0 else 0.0,
+        "residual_variance": residual_variance,
+        "kept_variance": kept,
+        "ridge": float(ridge),
+        "num_positions": float(acc.n),
+    }
+
+
+def residual_width(vit_channels: int, dim: int) -> int:
+    """Width ``D'`` of the residual target: ``min(D, C_vit)``."""
+    return min(int(dim), int(vit_channels))
+
+
+def residual_target(
+    vit_features: Array,
+    cnn_features: Array,
+    residual_map: Mapping[str, Any],
+    *,
+    grid: Sequence[int],
+) -> Array:
+    """``r = (N(P(f_vit)) - N(P(f_cnn)) A - b) U``, gradient stopped (eq. S1).
+
+    Args:
+      vit_features: ``(B, T, H, W, C_vit)`` ViT-teacher map.
+      cnn_features: ``(B, T2, H2, W2, C_cnn)`` CNN-teacher map.
+      residual_map: :func:`fit_residual_map`'s ``weight``, ``bias`` and ``basis``.
+      grid: ``(T', H', W')``.
+
+    Returns:
+      ``(B, T', H', W', D')`` float32.
+    """
+    y = pooled_features(vit_features, grid)
+    x = pooled_features(cnn_features, grid)
+    weight = jnp.asarray(residual_map["weight"], jnp.float32)
+    bias = jnp.asarray(residual_map["bias"], jnp.float32)
+    basis = jnp.asarray(residual_map["basis"], jnp.float32)
+    if weight.shape != (x.shape[-1], y.shape[-1]):
+        raise ValueError(
+            f"the SDD residual map is {weight.shape[0]} -> {weight.shape[1]} channels but the "
+            f"teachers' features have {x.shape[-1]} (CNN) and {y.shape[-1]} (ViT)"
+        )
+    r = (y - x @ weight - bias) @ basis
     return jax.lax.stop_gradient(r)
 
 
@@ -164,6 +326,7 @@ def sdd_loss(
     dim: int,
     seed: int = 0,
     loss_type: str = "mse",
+    residual_map: Mapping[str, Any] | None = None,
 ) -> Array:
     """SDD loss: the branch's prediction against the ViT-CNN residual (eqs. S1-S2).
 
@@ -173,14 +336,20 @@ def sdd_loss(
       vit_features: ``(B, T, H, W, C_vit)`` ViT teacher features ``f_vit``.
       cnn_features: ``(B, T2, H2, W2, C_cnn)`` CNN teacher features ``f_cnn``.
       grid: common grid ``(T', H', W')``.
-      dim: common width ``D``.
+      dim: common width ``D`` (of the random projections; the residual map's basis
+        sets the residual's width).
       seed: seed of the fixed projections.
       loss_type: ``mse`` | ``smooth_l1`` | ``cosine`` (see :func:`regression_loss`).
+      residual_map: the fitted map of :func:`fit_residual_map`: the residual target
+        (eq. S1). ``None``: the random-projection target (eq. S1').
 
     Returns:
       ``(B,)`` float32 per-example losses; no gradient reaches the teacher features.
     """
-    target = sdd_target(vit_features, cnn_features, grid=grid, dim=dim, seed=seed)
+    if residual_map is not None:
+        target = residual_target(vit_features, cnn_features, residual_map, grid=grid)
+    else:
+        target = sdd_target(vit_features, cnn_features, grid=grid, dim=dim, seed=seed)
     return regression_loss(predicted_residual, target, loss_type=loss_type)
 
 
