@@ -118,8 +118,9 @@ def get_config() -> ml_collections.ConfigDict:
     # right; uses labels, an upper bound) | ca_mkd (Zhang et al., ICASSP 2022) | ebkd.
     lo.teacher_weighting = "datw"
     lo.teacher_weights = ()  # teacher_weighting=fixed: one weight per kd_teacher (normalized).
-    # What the kd_teachers' weights average: logits (softmax(sum_k w_k z_k / T), DESIGN.md's
-    # DATW target) | probs (sum_k w_k softmax(z_k / T), the teacher-ensemble study's setting).
+    # What the kd_teachers' weights average: logits (softmax(sum_k w_k z_k / T), the DATW
+    # target, docs/design.md eq. K3) | probs (sum_k w_k softmax(z_k / T), eq. K4, the
+    # teacher-ensemble study's setting).
     lo.ensemble_space = "logits"
     lo.datw = ml_collections.ConfigDict()
     lo.datw.confidence_weight = 1.0  # a in e_k = a * c_k + b * d_k.
@@ -203,7 +204,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.experiment = e = ml_collections.ConfigDict()
     e.teacher_num_steps = 400  # Steps of each teacher's supervised training.
     # Split the students (scratch and distilled) train on; "" = data.train_split. A
-    # labelled subset gives the students less than the teachers had (seed 000's setting).
+    # labelled subset gives the students less than the teachers had (the setting of
+    # Kumar et al. 2023).
     e.student_train_split = "train[:12.5%]"
     e.run_cka = True  # Write layer-by-layer CKA maps at the end.
 

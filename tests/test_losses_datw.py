@@ -1,4 +1,4 @@
-"""Tests of losses.datw against the DATW formulation of DESIGN.md (eqs. D1-D5)."""
+"""Tests of losses.datw against the DATW formulation of docs/design.md (eqs. D1-D5)."""
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,7 @@ def _np_softmax(z, axis=-1):
 def _np_datw_weights(
     s, z, *, temperature, confidence_weight, discrepancy_weight, weight_temperature, combine="sum"
 ):
-    """DESIGN.md DATW, written directly: z (K, B, C), s (B, C) -> (B, K)."""
+    """docs/design.md DATW (eqs. D1-D4), written directly: z (K, B, C), s (B, C) -> (B, K)."""
     num_classes = z.shape[-1]
     p = _np_softmax(z / temperature)
     c = 1.0 - (-(p * np.log(p)).sum(-1)) / np.log(num_classes)

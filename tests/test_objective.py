@@ -251,7 +251,8 @@ def test_kd_term_uniform_and_datw_match_the_pure_losses():
     expect = losses.datw_loss(logits, stack, **hyper).mean()
     np.testing.assert_allclose(total, expect, rtol=1e-6)
     assert not np.isclose(float(total), float(mean_kd))  # DATW is not the uniform mean here
-    # The logged statistics are the batch means / correlations of DESIGN.md's c_k, d_k, w_k.
+    # The logged statistics are the batch means / correlations of c_k, d_k, w_k
+    # (docs/design.md eqs. D1, D2, D4).
     w, c, dis = losses.datw.datw_terms(logits, stack, **hyper)
     for k, n in enumerate(("cnn", "vit")):
         np.testing.assert_allclose(metrics[f"datw_weight/{n}"], w[:, k].mean(), rtol=1e-5)

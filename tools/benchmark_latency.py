@@ -1,4 +1,4 @@
-"""CPU latency of the deployed student, and seed 001's efficiency comparison.
+"""CPU latency of the deployed student, and the dual-teacher paper's efficiency comparison.
 
 Run (about 10 minutes on a 2-core CPU, most of it MViTv2-S):
   python tools/benchmark_latency.py [--threads N] [--iters 20] [--out latency.md]
@@ -198,7 +198,8 @@ def render(rt, comp, args) -> str:
         s = comp[0]
         lines += [
             "",
-            "Seed 001's comparison (Flax, jit; the student's reduction in % against each teacher):",
+            "The dual-teacher paper's comparison (Flax, jit; the student's reduction in % "
+            "against each teacher):",
             "",
             "| role | model | input | params (M) | GMACs | latency ms (median / p90) | "
             "reduction: params / GMACs / latency |",

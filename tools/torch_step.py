@@ -1,7 +1,7 @@
 """The dual-teacher train step in PyTorch, for ``tools/benchmark.py --torch``.
 
 The same objective as ``vkd_jax.losses.objective.total_loss`` with the config's loss
-settings: cross-entropy + DATW KD (DESIGN.md eqs. D1-D5) + SDD (the ViT-minus-CNN
+settings: cross-entropy + DATW KD (docs/design.md eqs. D1-D5) + SDD (the ViT-minus-CNN
 residual on a common grid through the same fixed projections, predicted by a
 1x1x1 conv + non-local + squeeze-excite branch on the student's last stage) + RKD
 distance and angle (Park et al. 2019) on the pre-logit embeddings. The loss

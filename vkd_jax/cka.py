@@ -471,7 +471,7 @@ def default_layers(features: Mapping[str, Any]) -> list[str]:
     of each stage); their maps use the blocks only.
 
     Args:
-      features: the features dict a model returns (DESIGN.md "Models").
+      features: the features dict a model returns (docs/design.md, "Contracts").
 
     Returns:
       The matching keys in network order (stages and blocks in numeric order).
@@ -605,9 +605,10 @@ def block_structure_score(cka_map: Any, *, threshold: float = 0.8, min_gap: int 
     Nguyen, Raghu & Kornblith ("Do Wide and Deep Networks Learn the Same Things?",
     ICLR 2021, Sec. 3) name *block structure* the large sets of contiguous layers
     with near-identical representations that show up as bright squares on the
-    diagonal of a self-CKA map, and the ensemble-distillation study (seed 000,
-    Fig. 1) reads it by eye. This is the number behind that reading: in a map
-    without blocks, CKA falls off away from the diagonal and the share is 0; in a
+    diagonal of a self-CKA map, and the ensemble-distillation study (Kumar et al.,
+    "A Large-Scale Analysis on Self-Supervised Video Representation Learning", 2023,
+    Fig. 1) reads it by eye. This is the number behind that reading (docs/design.md
+    eq. C7): in a map without blocks, CKA falls off away from the diagonal and the share is 0; in a
     map that is one block it is 1. Adjacent layers (gap < ``min_gap``) are left
     out, since neighbouring layers are similar in every network.
 

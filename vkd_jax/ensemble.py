@@ -1,6 +1,7 @@
 """Teacher ensembles of self-supervised models (``mode=ensemble``; docs/ensembles.md).
 
-The ensemble-distillation study (seeds/000) pretrains teachers with pretext
+The ensemble-distillation study (Kumar, Kumar, Vineet, Rawat, "A Large-Scale
+Analysis on Self-Supervised Video Representation Learning", 2023) pretrains teachers with pretext
 tasks, fine-tunes them on a labelled downstream dataset, distils an ensemble of
 them into a student and reads the models' layer-by-layer CKA maps. Its four
 analyses (pretraining subset size, task complexity, out-of-distribution

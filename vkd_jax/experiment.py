@@ -164,9 +164,10 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
 def efficiency(
     student: dict[str, Any], teachers: dict[str, dict[str, Any]], *, batch_size: int
 ) -> dict[str, Any]:
-    """Seed 001's deployment comparison: the student's parameters, MACs and CPU latency
-    against each teacher's, with the reductions in percent (positive = the student is
-    smaller or faster)."""
+    """The deployment comparison of the dual-teacher paper ("Revisiting Cross-Architecture
+    Distillation: Adaptive Dual-Teacher Transfer for Lightweight Video Models"): the
+    student's parameters, MACs and CPU latency against each teacher's, with the
+    reductions in percent (positive = the student is smaller or faster)."""
 
     def cost(s):
         return {
@@ -191,7 +192,9 @@ def efficiency_markdown(eff: dict[str, Any]) -> list[str]:
     s = eff["student"]
     lines = [
         "",
-        f"Efficiency (seed 001's comparison; latency: median of the jitted forward at batch "
+        f'Efficiency (the comparison of "Revisiting Cross-Architecture Distillation: '
+        f'Adaptive Dual-Teacher Transfer for Lightweight Video Models"; latency: median '
+        f"of the jitted forward at batch "
         f"{eff['batch_size']} on this machine's CPU):",
         "",
         "| Model | Architecture | Params | GMACs | Latency ms | Student's reduction: params / "

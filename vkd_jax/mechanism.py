@@ -3,7 +3,7 @@
 A final accuracy says whether a method helped, not how. For a distillation
 stage this module plots, from ``metrics.jsonl`` (:func:`read_history`):
 
-* the DATW weight of each teacher over training (DESIGN.md eq. D4; constant
+* the DATW weight of each teacher over training (docs/design.md eq. D4; constant
   ``1/K`` under uniform weighting);
 * each teacher's mean confidence ``c_k`` (eq. D1) and discrepancy from the
   student ``d_k`` (eq. D2), the two inputs of its weight;

@@ -1,4 +1,7 @@
-"""Shared settings of the four teacher-ensemble analyses (seed 000; docs/ensembles.md).
+"""Shared settings of the four teacher-ensemble analyses (docs/ensembles.md).
+
+The analyses are those of Kumar, Kumar, Vineet, Rawat, "A Large-Scale Analysis on
+Self-Supervised Video Representation Learning" (2023).
 
 Each analysis is a table of rows; a row is one ensemble of K >= 2 self-supervised
 teachers (pretrained on a domain's split with a pretext task, then fine-tuned on

@@ -1,4 +1,4 @@
-"""Out-of-distribution teachers (seed 000, Table 3): R(2+1)D teachers pretrained with one
+"""Out-of-distribution teachers (Kumar et al. 2023, Table 3): R(2+1)D teachers pretrained with one
 pretext task on two different domains (the study: Kinetics-400 and SSv2; here
 `synthetic_actions/long` and `long_ood`, the same 12 actions with diamond actors,
 checkerboard backgrounds, more distractors and a panning camera), both fine-tuned on the

@@ -1,4 +1,4 @@
-"""Pretraining subset size (seed 000, Table 1): RSPNet teachers of two architectures, the
+"""Pretraining subset size (Kumar et al. 2023, Table 1): RSPNet teachers of two architectures, the
 light CNN (T1) and R(2+1)D (T2), pretrained on subsets of growing size of the
 pretraining data, fine-tuned on the labelled downstream split and distilled into a
 student of the light CNN (3D-ShuffleNet in the study; X3D at the built-in scale,

@@ -1,4 +1,4 @@
-"""Pretext task categories (seed 000, Table 4): teacher pairs of one architecture from
+"""Pretext task categories (Kumar et al. 2023, Table 4): teacher pairs of one architecture from
 different pretext tasks, non-contrastive (VCOP + RotNet) and contrastive (CVRL + TDL),
 distilled into a student of that architecture, against the student trained without
 pretraining (ST). The study's text reports this on R(2+1)D (its table caption says

@@ -1,4 +1,4 @@
-"""Task complexity (seed 000, Table 2): for RotNet, VCOP and PRP, the C1, C2 and C3
+"""Task complexity (Kumar et al. 2023, Table 2): for RotNet, VCOP and PRP, the C1, C2 and C3
 teachers of one architecture as one ensemble, distilled into a student of the same
 architecture; the light CNN and R(2+1)D each as teacher-and-student architecture
 (3D-ShuffleNet in the study; X3D at the built-in scale, common.archs says why).

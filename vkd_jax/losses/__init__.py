@@ -7,7 +7,7 @@ in float32 even for bfloat16 inputs and works under ``jit``, ``grad`` and ``vmap
     from vkd_jax import losses
     per_example = losses.kd_loss(student_logits, teacher_logits, temperature=4.0)
 
-``losses.objective`` builds the configured total loss of DESIGN.md from model
+``losses.objective`` builds the configured total loss of docs/design.md (eq. T1) from model
 outputs (it is the only part that reads a config).
 """
 

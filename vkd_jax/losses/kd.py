@@ -113,7 +113,7 @@ def ensemble_targets(
     With weights ``w_k`` normalized to sum to one over the ``K`` teachers:
 
     * ``space="logits"``: returns the combined logits ``sum_k w_k z_k``, shape ``(B, C)``;
-      feed them to :func:`kd_loss` (this is the DATW soft target of DESIGN.md,
+      feed them to :func:`kd_loss` (eq. K3 of docs/design.md, the DATW soft target
       ``softmax(sum_k w_k z_k / T)``, and with uniform weights the mean logit).
     * ``space="probs"``: returns the combined probabilities
       ``sum_k w_k softmax(z_k / T)``, shape ``(B, C)``, rows summing to one; feed

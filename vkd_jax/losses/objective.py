@@ -1,4 +1,4 @@
-"""The configured distillation objective of DESIGN.md ("Total objective").
+"""The configured distillation objective of docs/design.md (eq. T1, "The total objective").
 
 ``L = ce_weight CE + kd_weight KD + sdd_weight SDD + sdd.adapter_weight ADAPT
     + rkd_distance_weight RKD-D + rkd_angle_weight RKD-A + feature_kd_weight FitNets``
@@ -9,9 +9,9 @@ of ``loss.datw``), KD against the uniform mean of the ``kd_teachers``
 (``loss.teacher_weights``), ``"oracle"``, ``"ca_mkd"``, ``"ebkd"``, for any number of
 teachers; ``loss.datw.place`` says whether the weights mix the teachers into one
 target or weight per-teacher KL terms. ``ensemble_space`` says what a mix averages:
-the logits (``"logits"``, docs/design.md's DATW target ``softmax(sum_k w_k z_k / T)``)
+the logits (``"logits"``, docs/design.md eq. K3, ``softmax(sum_k w_k z_k / T)``)
 or the softened
-probabilities (``"probs"``, ``sum_k w_k softmax(z_k / T)``, the teacher-ensemble
+probabilities (``"probs"``, eq. K4, ``sum_k w_k softmax(z_k / T)``, the teacher-ensemble
 study's setting). A term whose
 weight is 0 is not computed at all, and its teachers and heads are not needed,
 so every ablation (scratch, single-teacher KD, uniform dual teacher, +DATW,
@@ -226,7 +226,7 @@ def total_loss(
     head_outputs: Mapping[str, Array],
     constants: Mapping[str, Any] | None = None,
 ) -> tuple[Array, dict[str, Array]]:
-    """The total distillation loss of DESIGN.md, batch-averaged, and its metrics.
+    """The total distillation loss of docs/design.md (eq. T1), batch-averaged, and its metrics.
 
     Args:
       loss_cfg: the config ``loss`` section.
@@ -247,7 +247,7 @@ def total_loss(
       ``rkd_distance``, ``rkd_angle``, ``feature_kd``), ``total``, ``accuracy`` and,
       when KD is on, per teacher: ``datw_weight/<teacher>`` (its mean weight),
       ``datw_confidence/<teacher>`` and ``datw_discrepancy/<teacher>`` (mean ``c_k`` and
-      ``d_k`` of DESIGN.md's DATW), and with DATW weighting of several teachers
+      ``d_k`` of docs/design.md eqs. D1-D2), and with DATW weighting of several teachers
       ``datw_corr_confidence/<teacher>`` and ``datw_corr_discrepancy/<teacher>``, the
       Pearson correlations across the batch of its weight with ``c_k`` and ``d_k``.
     """

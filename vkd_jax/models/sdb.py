@@ -1,10 +1,10 @@
 """The Structure Discrepancy Branch (SDB) of Structure Discrepancy-aware Distillation.
 
 From the adaptive dual-teacher paper ("Revisiting Cross-Architecture
-Distillation: Adaptive Dual-Teacher Transfer for Lightweight Video Models",
-seeds/001): a lightweight branch on the student, "often using a small non-local
+Distillation: Adaptive Dual-Teacher Transfer for Lightweight Video Models"):
+a lightweight branch on the student, "often using a small non-local
 block + squeeze-and-excitation", predicts the ViT-CNN teacher residual during
-training and is discarded at inference. Following DESIGN.md ("SDD"):
+training and is discarded at inference. Following docs/design.md (eq. S3):
 
   student map (B, T, H, W, C)
     -> 1x1x1 conv to D

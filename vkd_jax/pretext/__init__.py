@@ -1,4 +1,4 @@
-"""Self-supervised pretext tasks for video backbones (seed 000's teachers).
+"""Self-supervised pretext tasks for video backbones (the teachers of Kumar et al. 2023).
 
 Non-contrastive, with complexities C1-C3 (arXiv 2306.06010): :mod:`.rotnet`,
 :mod:`.vcop`, :mod:`.prp`. Contrastive: :mod:`.rspnet`, :mod:`.cvrl`,
