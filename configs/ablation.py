@@ -7,11 +7,11 @@ The teachers are trained once and shared; each row is a config override of
 ± std of top-1 over seeds) and `ablation.json` into the workdir.
 
 Run (reusing the teachers of a finished default experiment; without the two
-checkpoint flags the teachers are trained in the workdir first, about 9 minutes):
+checkpoint flags the teachers are trained in the workdir first):
   python -m vkd_jax.main --config configs/ablation.py --workdir runs/ablation \
     --config.teachers.cnn.checkpoint=runs/default/teacher_cnn/model \
     --config.teachers.vit.checkpoint=runs/default/teacher_vit/model
-Cost: 7 rows x 3 seeds student stages of configs/default.py (README.md, "The
+Cost: 7 rows x 3 seeds student stages of configs/default.py (docs/results.md, "The
 ablation", has the measured time and table). Writes per-claim verdicts of the
 dual-teacher paper next to the table. Tune with --config.data.eval_split=validation;
 the test split is for the final table only.

@@ -8,8 +8,8 @@ every model and writes CKA maps, all on a laptop CPU.
 Run:
   python -m vkd_jax.main --config configs/default.py --workdir runs/default
 
-Cost: about 13 minutes on a 2-core x86_64 CPU, including 41 s building the
-dataset on first use (measured; README.md has the results).
+Cost: minutes on a laptop CPU, building the dataset on first use included
+(docs/results.md has the measured time and the results).
 
 Every key the code reads is declared here with a comment; other configs
 import this one and override. The config is locked: a misspelled key fails.
@@ -59,7 +59,8 @@ def get_config() -> ml_collections.ConfigDict:
     d.frame_stride = 2  # Temporal stride between sampled frames.
     d.crop_size = 32  # Spatial size of the (square) model input.
     # Random-resized-crop area range (fraction of the frame). The whole frame here: a
-    # 0.6-area crop can cut away one of two far-apart actors (measured: README).
+    # 0.6-area crop can cut away one of two far-apart actors (docs/results.md,
+    # "Why the tiny models learned slowly").
     d.train_scale = (1.0, 1.0)
     d.train_aspect_ratio = (0.75, 1.333)  # Random-resized-crop aspect-ratio range.
     # Horizontal flips. Off for synthetic_actions: its left/right classes would swap.
@@ -89,7 +90,7 @@ def get_config() -> ml_collections.ConfigDict:
     f.name = ""  # Name of the built dataset version ("" = derived from the settings).
 
     # --------------------------------------------------------------- models
-    # The CPU models (README "Why the tiny models learned slowly" says why these variants).
+    # The CPU models (docs/results.md, "Why the tiny models learned slowly", says why).
     c.student = model_spec("x3d", "mini")  # The model distilled (and trained from scratch).
     c.teachers = ml_collections.ConfigDict()  # Name -> teacher model entry.
     # Structurally similar CNN teacher (~4x the student's parameters).
@@ -246,8 +247,8 @@ def get_config() -> ml_collections.ConfigDict:
     p.cvrl.aspect_ratio = (0.5, 2.0)  # Random-resized-crop aspect-ratio range.
     # Colour-jitter strength s: brightness/contrast/saturation 0.8s, hue 0.2s. The paper's
     # 1.0 erases what tells synthetic clips apart (the cast's colours; the shapes are the
-    # same in every clip): 0.5 chosen on long's validation clips (held-out pretext
-    # accuracy 8.9% vs 3.0%, chance 1.6%).
+    # same in every clip): 0.5 chosen on long's validation clips (docs/pretext.md, "On
+    # the built-in data", has the measured accuracies).
     p.cvrl.color_jitter = 0.5
     p.cvrl.grayscale_prob = 0.2  # Probability of a grayscale clip.
     p.cvrl.blur_prob = (1.0, 0.1)  # Gaussian-blur probability of (view 1, view 2).
@@ -261,8 +262,8 @@ def get_config() -> ml_collections.ConfigDict:
     p.tdl.mixup_max = 0.1  # Anchor frames mixed with a static frame, lambda ~ U(0, this).
     # Brightness, contrast, saturation, hue jitter of every clip. Brightness 0.1, not 0.5:
     # in synthetic_actions/long the fading light is what tells two times of a video apart
-    # in pooled features, and 0.5 hides it (held-out pretext accuracy 53.6% vs 70.0%,
-    # data.frame_stride 1).
+    # in pooled features, and 0.5 hides it (measured: docs/pretext.md, "On the built-in
+    # data").
     p.tdl.color_jitter = (0.1, 0.5, 0.25, 0.5)
 
     # ---------------------------------------------------------- mode=probe
@@ -283,7 +284,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---------------------------------------------------------- mode=export
     # A model directory as TF SavedModel, LiteRT (float32 and int8) and ONNX, each checked
-    # against the Flax model as it is written (vkd_jax.export; README "Deploy").
+    # against the Flax model as it is written (vkd_jax.export; docs/deploy.md).
     c.export = x = ml_collections.ConfigDict()
     # Model directory exported; "" = this workdir's distilled student (mode=experiment's
     # student_distill/model).

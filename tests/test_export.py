@@ -207,7 +207,7 @@ def test_export_mode_reports_top1_of_every_artifact(trained):
     assert set(top1) == {"flax", *export.FORMATS}
     for fmt in ("saved_model", "tflite", "onnx"):
         assert top1[fmt] == pytest.approx(top1["flax"], abs=1e-9), fmt
-    # The stated tolerance of dynamic-range int8 (README "Deploy"): within 5 points.
+    # The stated tolerance of dynamic-range int8 (docs/deploy.md): within 5 points.
     assert abs(top1["tflite_int8"] - top1["tflite"]) <= 0.05
     assert report["preprocessing"]["class_names"][0]  # From the dataset's metadata.
     on_disk = json.loads((root / "export" / export.EXPORT_FILE).read_text())

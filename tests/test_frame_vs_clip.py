@@ -3,7 +3,7 @@ far above the same classifier seeing one frame or the frames shuffled, and the o
 views sit at chance within each time-reversed pair.
 
 Runs tools/measure_frame_vs_clip.py with a budget that fits a test (about a minute on one
-CPU core); the tool's default budget gives the figures in README.md.
+CPU core); the tool's default budget gives the figures in docs/datasets.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Input-pipeline throughput: training clips/s from a built video_folder dataset.
 
-Run (writes its own videos; 1-3 minutes on a 2-core CPU):
+Run (writes its own videos; minutes on a 2-core CPU; docs/benchmarks.md, "The input
+pipeline", has measured runs):
   python tools/benchmark_input.py [--workdir /tmp/vkd_input] [--frames 16] [--crop 224]
       [--batch 8] [--batches 30] [--step-clips-per-s 85]
 

@@ -1,6 +1,7 @@
 """CPU latency of the deployed student, and the dual-teacher paper's efficiency comparison.
 
-Run (about 10 minutes on a 2-core CPU, most of it MViTv2-S):
+Run (minutes on a 2-core CPU, most of it MViTv2-S; docs/benchmarks.md has a measured
+run and its tables):
   python tools/benchmark_latency.py [--threads N] [--iters 20] [--out latency.md]
 
 Two tables, batch 1, float32, median and p90 of ``--iters`` timed calls after

@@ -16,7 +16,8 @@ is refused: tuning on it would make every table that follows meaningless.
         --set teachers.cnn.variant=tiny_m \\
         --row "baseline:" --row "no zero-init: model.zero_init_last_bn=False"
 
-The table of README "Why the tiny models learned slowly" came from this tool.
+The tables of docs/results.md, "Why the tiny models learned slowly", came from this
+tool.
 """
 
 from __future__ import annotations

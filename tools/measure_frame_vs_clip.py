@@ -27,7 +27,7 @@ The tiny config itself holds 360 training clips, too few to train on; this tool 
 more clips of the same geometry from the same generator (`synthetic.generate_split`,
 train and test from different seeds, as the builder does).
 
-    python tools/measure_frame_vs_clip.py                  # the figures in README.md
+    python tools/measure_frame_vs_clip.py                  # the figures in docs/datasets.md
     python tools/measure_frame_vs_clip.py --steps 400 --num_train 2000 --width 32  # tests' budget
 
 tests/test_frame_vs_clip.py runs `measure` with the smaller budget and checks the gaps.

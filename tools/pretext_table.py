@@ -1,4 +1,4 @@
-"""Measures what each pretext task gives a backbone (README "Self-supervised pretraining").
+"""Measures what each pretext task gives a backbone (docs/pretext.md has the table).
 
 For every backbone and every ``task:complexity`` row, in one resumable workdir:
 

@@ -114,9 +114,8 @@ def count_macs(
       ops (bias add, activations, normalization, residual adds), which raises the figure,
       and (b) skips kernel taps that fall on zero padding, which lowers it (a 3x3x3 'SAME'
       conv on a 4x8x8 map counts (10*22*22)/(12*24*24) = 70% of fvcore's MACs). Backend
-      dependent; useful as a cross-check, not for comparison with papers. Measured on
-      XLA:CPU against the fvcore count: X3D-S +5.0%, X3D-M about +5.5%, MViTv2-S about +3.1%,
-      R(2+1)D-18 -4.9% (small 112x112 maps: padding dominates).
+      dependent; useful as a cross-check, not for comparison with papers (docs/models.md's
+      model card lists both counts per model: on small maps the padding dominates).
 
     Args:
       model: a flax module whose ``apply(variables, video, train=False)`` returns

@@ -654,7 +654,7 @@ def evaluate_artifacts(
 
 
 def summary_table(report: Mapping[str, Any]) -> str:
-    """The report as a Markdown table (README's deploy section shows one)."""
+    """The report as a Markdown table (docs/deploy.md shows one)."""
     top1 = report.get("eval", {}).get("top1", {})
     lines = [
         f"{report['model']}: the artifacts' logits against the Flax model's on check clips, "

@@ -96,9 +96,9 @@ def fast_compile_settings() -> None:
     """JAX settings that shorten compiles and change no number.
 
     Random initializers dominate the compile of a model's ``init`` (the forward pass
-    is dropped as unused): on this project's CPU, jit of X3D-M's init compiles for
-    15.7 s and MViTv2-S's for 20.2 s with no convolution in them, only threefry
-    for each of their ~400-480 parameters. On GPUs JAX can lower threefry to one
+    is dropped as unused): the jitted init of X3D-M or MViTv2-S holds no convolution,
+    only threefry for each of their hundreds of parameters, and still takes seconds to
+    compile (measured: docs/benchmarks.md, "The train step"). On GPUs JAX can lower threefry to one
     kernel instead of unrolling it into every program: the same bits, a faster
     compile. No effect on CPUs and TPUs.
     """

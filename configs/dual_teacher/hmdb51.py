@@ -1,6 +1,6 @@
 """Dual-teacher distillation on hmdb51: X3D-S student, X3D-M and MViTv2-S teachers.
 
-Prepare the dataset (docs/datasets.md) and the teachers (README, "Bring
+Prepare the dataset (docs/datasets.md) and the teachers (docs/models.md, "Bring
 pretrained PyTorch teachers"), then:
 
   python -m vkd_jax.main --config configs/dual_teacher/hmdb51.py --workdir runs/hmdb51 \

@@ -30,9 +30,9 @@ def archs(scale: str) -> dict[str, str]:
     """The two architectures of the study at a scale: the light CNN and R(2+1)D.
 
     The study's light CNN is 3D-ShuffleNet. At the built-in scale its tiny variant does
-    not learn the downstream task: trained from scratch on the 600 labelled clips for
-    300 steps it scores 10.5% on validation (chance 8.3%) and 65.7% on its own training
-    clips (it memorizes), so X3D (x3d/mini, 46% from scratch) stands in.
+    not learn the downstream task: trained from scratch on the 600 labelled clips it
+    stays near chance on validation while it memorizes its training clips (measured:
+    docs/ensembles.md, "The built-in scale"), so X3D (x3d/mini) stands in.
     """
     _check_scale(scale)
     if scale == "paper":

@@ -7,7 +7,7 @@ ShuffleNet); R(2+1)D here.
   python -m vkd_jax.main --config configs/ensembles/task_categories.py \\
       --workdir runs/ensembles/task_categories
 
-README "Teacher ensembles" has the measured table, time and verdicts; `:paper` after
+docs/ensembles.md has the measured table, time and verdicts; `:paper` after
 the file name gives the study's scale (docs/ensembles.md).
 """
 

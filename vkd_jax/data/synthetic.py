@@ -55,7 +55,7 @@ Design properties (why the dataset separates the methods):
 
 Resolution and clip length come from the builder config: `tiny` (8 frames of
 32x32, a few hundred clips, for tests) and `default` (16 frames of 64x64,
-4800 / 600 / 600 train / validation / test clips, built in 34 s on two CPU cores) and
+4800 / 600 / 600 train / validation / test clips) and
 `long` (64 frames of 32x32, same split sizes, other clips: drawn from another seed, lit
 from above, moving as far per frame as in `default`), the pretraining data of the
 self-supervised pretext tasks (docs/pretext.md), and `long_ood` (`long` in another visual
@@ -117,7 +117,8 @@ class Geometry:
         last (0: none), drawn per clip in [1/2, 1] of it: an arrow of time, as real videos
         have (things fall, people walk forwards) and the base design deliberately lacks
         (its class pairs are time reversals). Without one, no pooled feature orders two
-        clips of a video and VCOP has nothing to learn (measured: chance).
+        clips of a video and VCOP has nothing to learn (it stays at chance without one:
+        docs/pretext.md, "On the built-in data").
       actor_shape: "disc" or "diamond" (the two round actors drawn as squares turned by
         45 degrees, of the same area): another look for the same actions (`long_ood`).
       background: "gratings" (colour gratings) or "checker" (the gratings under a

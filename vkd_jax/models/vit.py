@@ -72,10 +72,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
         stochastic_depth_rate=0.0,
     ),
     # The embedded CPU default's ViT teacher: tiny with 4x4x4 tubelets (128 tokens of an
-    # 8x32x32 clip instead of 32) read out by the mean of the tokens. Measured with
-    # tools/diagnose_learning.py (README, "Why the tiny models learned slowly"): the
-    # tubelets take validation top-1 from 18.5% to 66.3% at 1,500 steps; the mean
-    # instead of the class token made no difference (65.8%).
+    # 8x32x32 clip instead of 32) read out by the mean of the tokens: with the smaller
+    # tubelets the tiny ViT learns the built-in actions, and the mean instead of the class
+    # token made no difference (tools/diagnose_learning.py; the measured rows are in
+    # docs/results.md, "Why the tiny models learned slowly").
     "mini": dict(
         width=32,
         depth=4,

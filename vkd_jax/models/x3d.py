@@ -92,12 +92,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tiny_m": dict(_FULL, width_factor=0.75, depth_factor=0.4, head_dim_out=192, dropout_rate=0.2),
     # The embedded CPU default's student and CNN teacher (8x32x32 clips): the widths and
     # depths of tiny / tiny_m with four changes that tools/diagnose_learning.py measured
-    # to make X3D learn at that size in a few hundred steps (tiny_m, 300 steps,
-    # validation top-1 15.7% -> 52.2%; README "Why the tiny models learned slowly"): the
+    # to make X3D learn at that size in a few hundred steps (docs/results.md, "Why the
+    # tiny models learned slowly", has the measured rows): the
     # last BN of each bottleneck starts at 1, not 0; no squeeze-and-excitation; the last
     # two stages keep their resolution (4x4 instead of 1x1 at 32x32); a pooled linear
-    # head instead of conv5 + lin_5. No one change does it alone: alone, two help (+5
-    # and +10 points) and two cost 5-7 points; only together do they work.
+    # head instead of conv5 + lin_5. No one change does it alone: alone, two help and two
+    # cost points; only together do they work.
     "mini": dict(_MINI, width_factor=0.5, depth_factor=0.2),
     "mini_m": dict(_MINI, width_factor=0.75, depth_factor=0.4),
 }

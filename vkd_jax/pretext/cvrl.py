@@ -28,8 +28,8 @@ batch is their positive (chance ``1 / (2N - 1)``).
 Choice: the jitter strength defaults to 0.5, not the paper's 1.0. In
 ``synthetic_actions`` every clip has the same cast of shapes and what tells two
 videos apart is mostly their colours, which strength 1.0 (with grayscale)
-erases: held-out pretext accuracy 3.0% vs 8.9% with 0.5 (chance 1.6%, x3d/mini,
-300 steps on ``long``'s validation clips). On real video pass 1.0.
+erases (the held-out pretext accuracies of both strengths are in docs/pretext.md,
+"On the built-in data"). On real video pass 1.0.
 """
 
 from __future__ import annotations
