@@ -27,14 +27,14 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from vkd_jax import models, storage
+from vkd_jax import errors, models, storage
 
 METADATA_FILE = "vkd_model.json"
 _VARIABLES_DIR = "variables"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, incomplete, or does not fit the configuration."""
+# Defined in the leaf module vkd_jax.errors; kept importable from here.
+CheckpointError = errors.CheckpointError
 
 
 # ----------------------------------------------------------------- model dirs

@@ -13,7 +13,7 @@ import os
 
 import ml_collections
 
-from vkd_jax import storage
+from vkd_jax import errors, storage
 
 MODES = (
     "data",
@@ -39,8 +39,8 @@ _FREE_SECTIONS = ("teachers",)
 _OPTIONAL_SECTIONS = ("ablation", "ensemble")
 
 
-class ConfigError(ValueError):
-    """A config key or value the run cannot use (the CLI reports it in one line)."""
+# Defined in the leaf module vkd_jax.errors; kept importable from here.
+ConfigError = errors.ConfigError
 
 
 # Value ranges, checked before any compute (a negative batch size otherwise dies deep in

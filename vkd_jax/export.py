@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vkd_jax import storage
+from vkd_jax import errors, storage
 from vkd_jax.models import layers
 
 FORMATS = ("saved_model", "tflite", "tflite_int8", "onnx")
@@ -62,8 +62,8 @@ _ONNX_OPSET = 17
 _EXACT = ("saved_model", "tflite", "onnx")
 
 
-class ExportError(RuntimeError):
-    """A model cannot be exported to a format, or an artifact does not match the model."""
+# Defined in the leaf module vkd_jax.errors; kept importable from here.
+ExportError = errors.ExportError
 
 
 def preprocessing(

@@ -42,22 +42,6 @@ def _exit_user_error(message) -> None:
     sys.exit(2)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that name a bad input (config, path, checkpoint, data), not a bug."""
-    from vkd_jax import checkpoint, config_lib, export, train
-    from vkd_jax.convert.common import ConversionError
-
-    return (
-        config_lib.ConfigError,
-        checkpoint.CheckpointError,
-        ConversionError,
-        export.ExportError,
-        train.NonFiniteLossError,
-        FileNotFoundError,
-        NotADirectoryError,
-    )
-
-
 def _parse_flags(argv):
     """absl's parser, plus one line for an override of a key no config declares
     (ml_collections raises a bare AttributeError while parsing)."""
@@ -117,7 +101,7 @@ def main(argv):
 
     import jax
 
-    from vkd_jax import config_lib, storage
+    from vkd_jax import config_lib, errors, storage
 
     config = FLAGS.config
     try:
@@ -133,7 +117,7 @@ def main(argv):
         from vkd_jax import modes
 
         modes.run(config, workdir)
-    except _user_errors() as e:
+    except errors.USER_ERRORS as e:
         if os.environ.get("VKD_TRACEBACK"):
             raise
         _exit_user_error(e)

@@ -34,6 +34,7 @@ from clu import metric_writers, periodic_actions
 
 from vkd_jax import (
     checkpoint,
+    errors,
     evaluation,
     mechanism,
     models,
@@ -52,8 +53,8 @@ __all__ = ["MECHANISM_FILE", "NonFiniteLossError", "Stage", "open_checkpoints", 
 MECHANISM_FILE = "mechanism.png"  # DATW weights, confidence, discrepancy, loss terms.
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss or gradient became NaN/inf; the last checkpoint is intact."""
+# Defined in the leaf module vkd_jax.errors; kept importable from here.
+NonFiniteLossError = errors.NonFiniteLossError
 
 
 def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:

@@ -19,11 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from vkd_jax import errors
+
 _WRAPPER_KEYS = ("model_state", "state_dict", "model", "module")
 
 
-class ConversionError(ValueError):
-    """A checkpoint does not match the architecture it is converted to."""
+# Defined in the leaf module vkd_jax.errors; kept importable from here.
+ConversionError = errors.ConversionError
 
 
 def to_numpy(value: Any) -> np.ndarray:

@@ -21,6 +21,8 @@ import av
 import numpy as np
 from av.video.reformatter import Interpolation
 
+from vkd_jax import errors
+
 ENCODINGS = ("jpeg", "png")
 # Tolerance (seconds) when comparing frame timestamps with segment bounds and
 # resampling targets: container timestamps are rationals rounded to floats.
@@ -30,8 +32,8 @@ _SWS_CHROMA = Interpolation.FULL_CHR_H_INT | Interpolation.ACCURATE_RND
 _JPEG_QUALITY = 95
 
 
-class VideoDecodeError(Exception):
-    """A video could not be decoded into frames."""
+# Defined in the leaf module vkd_jax.errors; kept importable from here.
+VideoDecodeError = errors.VideoDecodeError
 
 
 def _output_size(height: int, width: int, short_side: int) -> tuple[int, int]:

@@ -56,7 +56,7 @@ import tensorflow_datasets as tfds
 import tqdm
 from etils import epath
 
-from vkd_jax import config_lib
+from vkd_jax import errors
 from vkd_jax.data import decode
 
 # The parts of the builder, re-exported: decoding and the layouts' annotation parsers.
@@ -209,7 +209,7 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
     def _catalog(self) -> Catalog:
         if self._catalog_cache is None:
             if not self._root:
-                raise config_lib.ConfigError(
+                raise errors.ConfigError(
                     f"video_folder/{self.builder_config.name} is not prepared in "
                     f"{self.data_dir_root!r} and data.folder.root is empty: give the "
                     "folder of the source videos to build it."
