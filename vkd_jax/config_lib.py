@@ -35,7 +35,7 @@ TEACHER_MODES = ("distill", "experiment", "ablation")
 # Sections whose keys are names chosen by the user (teacher names), not schema keys.
 _FREE_SECTIONS = ("teachers",)
 # Sections only some configs declare (configs/ablation.py; configs/ensembles/, whose section
-# vkd_jax.ensemble.validate checks).
+# vkd_jax.ensemble_config.validate checks).
 _OPTIONAL_SECTIONS = ("ablation", "ensemble")
 
 
@@ -216,9 +216,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_ranges(config)
     _check_model_dirs(config)
     if config.mode == "ensemble":
-        from vkd_jax import ensemble
+        from vkd_jax import ensemble_config
 
-        ensemble.validate(config)
+        ensemble_config.validate(config)
     if config.mode == "pretrain":
         from vkd_jax import pretext  # Names the task's module or raises, before any compute.
 
