@@ -149,38 +149,6 @@ def test_bfloat16_forward_close_to_float32(tiny):
     np.testing.assert_allclose(logits16, logits32, atol=0.05 * scale + 1e-3)
 
 
-def test_jit_grad_and_dropout(tiny):
-    _, variables, video, _ = tiny
-    # torchvision has no dropout; the override puts one before fc, driven by the "dropout" rng.
-    model = models.get_model("r2plus1d", variant="tiny", num_classes=NUM_CLASSES, dropout_rate=0.5)
-    labels = jnp.array([1, 3])
-
-    def loss_fn(params, key):
-        (logits, _), new_state = model.apply(
-            {"params": params, "batch_stats": variables["batch_stats"]},
-            video,
-            train=True,
-            mutable=["batch_stats"],
-            rngs={"dropout": key},
-        )
-        logp = jax.nn.log_softmax(logits)
-        return -jnp.take_along_axis(logp, labels[:, None], axis=1).mean(), new_state
-
-    grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-    (loss, _), grads = grad_fn(variables["params"], jax.random.key(1))
-    assert np.isfinite(loss)
-    leaves = jax.tree_util.tree_leaves(grads)
-    assert all(np.all(np.isfinite(g)) for g in leaves)
-    # Every parameter (down to the stem) receives gradient.
-    assert all(float(jnp.abs(g).max()) > 0 for g in leaves)
-    # Another dropout key, another loss (same compiled function).
-    (loss2, _), _ = grad_fn(variables["params"], jax.random.key(2))
-    assert float(loss) != float(loss2)
-    with pytest.raises(Exception, match="dropout"):
-        jax.eval_shape(
-            lambda v: model.apply(v, video, train=True, mutable=["batch_stats"]), variables
-        )
-
 
 def test_midplanes_preserve_parameter_budget():
     # Paper Eq. 5: the (2+1)D factorization keeps roughly a full 3x3x3 conv's parameters.

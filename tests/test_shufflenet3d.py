@@ -121,13 +121,6 @@ def test_batch_stats_update_only_in_train(tiny):
         np.testing.assert_array_equal(a, b)
 
 
-def test_dropout_needs_rng_in_train(tiny):
-    _, model, variables, video, _ = tiny
-    with pytest.raises(Exception, match="dropout"):
-        jax.eval_shape(
-            lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]), variables, video
-        )
-
 
 def test_bfloat16_forward_close_to_float32(tiny):
     variant, _, variables, video, outs = tiny
@@ -141,32 +134,6 @@ def test_bfloat16_forward_close_to_float32(tiny):
     scale = float(np.abs(logits32).max())
     np.testing.assert_allclose(logits16, logits32, atol=0.05 * scale + 1e-3)
 
-
-def test_jit_and_grad(tiny):
-    _, model, variables, video, _ = tiny
-    labels = jnp.array([1, 3])
-
-    def loss_fn(params, key):
-        (logits, _), new_state = model.apply(
-            {"params": params, "batch_stats": variables["batch_stats"]},
-            video,
-            train=True,
-            mutable=["batch_stats"],
-            rngs={"dropout": key},
-        )
-        logp = jax.nn.log_softmax(logits)
-        return -jnp.take_along_axis(logp, labels[:, None], axis=1).mean(), new_state
-
-    grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-    (loss, _), grads = grad_fn(variables["params"], jax.random.key(0))
-    assert np.isfinite(loss)
-    leaves = jax.tree_util.tree_leaves(grads)
-    assert all(np.all(np.isfinite(g)) for g in leaves)
-    # The stem (first layer) receives gradient through every stage.
-    assert float(jnp.abs(grads["conv1"]["conv"]["kernel"]).max()) > 0
-    # Dropout 0.2 before the classifier: another key, another loss (no recompilation).
-    (loss2, _), _ = grad_fn(variables["params"], jax.random.key(1))
-    assert float(loss) != float(loss2)
 
 
 def test_v1_rejects_clip_lengths_its_shortcuts_cannot_pool():

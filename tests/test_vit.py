@@ -64,31 +64,16 @@ def test_stages_are_quarter_depth_blocks():
 
 
 @pytest.mark.parametrize("pool,pos", [("cls", "learned"), ("mean", "sincos")])
-def test_train_mode_uses_dropout_rng(pool, pos):
-    model = vit.create(
-        "tiny",
-        num_classes=10,
-        pool=pool,
-        pos_embedding=pos,
-        dropout_rate=0.3,
-        stochastic_depth_rate=0.5,
-    )
-    video = jax.random.normal(jax.random.key(1), CLIP)
-    variables = model.init(jax.random.key(0), video)
-    if pos == "sincos":
-        assert "pos_embedding" not in variables["params"]
-    if pool == "mean":
-        assert "cls" not in variables["params"]
-    apply = jax.jit(lambda v, x, r: model.apply(v, x, train=True, rngs={"dropout": r}))
-    apply_eval = jax.jit(model.apply)
-    a, feats = apply(variables, video, jax.random.key(2))
-    b, _ = apply(variables, video, jax.random.key(2))
-    c, _ = apply(variables, video, jax.random.key(3))
-    e, _ = apply_eval(variables, video)
+def test_pooling_and_position_options(pool, pos):
+    # Training with dropout is checked over the zoo in test_model_contract.py; here the
+    # options' parameters and features.
+    model = vit.create("tiny", num_classes=10, pool=pool, pos_embedding=pos)
+    video = jnp.zeros(CLIP)
+    variables = jax.eval_shape(model.init, jax.random.key(0), video)
+    assert ("pos_embedding" in variables["params"]) == (pos == "learned")
+    assert ("cls" in variables["params"]) == (pool == "cls")
+    _, feats = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, video)
     assert {k: v.shape for k, v in feats.items()} == _expected_keys(4, (4, 4, 4), 32)
-    np.testing.assert_array_equal(a, b)
-    assert not np.allclose(a, c)
-    assert not np.allclose(a, e)
 
 
 def _vit_param_count(width, depth, mlp_ratio, tubelet, input_size, classes):
@@ -136,19 +121,3 @@ def test_bfloat16_close_to_float32(tiny):
     assert np.all(np.isfinite(out16))
     scale = float(np.abs(out32).max())
     np.testing.assert_allclose(out16, out32, atol=0.05 * scale + 0.02)
-
-
-def test_jit_and_grad_reach_every_parameter(tiny):
-    model, variables, video, _ = tiny
-    labels = jnp.array([3, 4])
-
-    def loss_fn(params):
-        logits, _ = model.apply({"params": params}, video)
-        logp = jax.nn.log_softmax(logits)
-        return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
-
-    loss, grads = jax.jit(jax.value_and_grad(loss_fn))(variables["params"])
-    assert np.isfinite(loss)
-    for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
-        assert np.all(np.isfinite(g)), jax.tree_util.keystr(path)
-        assert np.any(g != 0), f"no gradient reaches {jax.tree_util.keystr(path)}"

@@ -1,8 +1,22 @@
 """The video model zoo.
 
-Every model is a ``flax.linen`` module whose ``apply(variables, video, train=...)``
-takes channels-last video ``(B, T, H, W, 3)`` and returns ``(logits, features)``,
-``features`` a dict of named intermediates (see each family's module docstring).
+The model contract, which every family keeps (``tests/test_model_contract.py`` checks
+it for each family's tiny variants):
+
+* A model is a ``flax.linen`` module built by :func:`get_model`;
+  ``apply(variables, video, *, train=False)`` takes channels-last video
+  ``(B, T, H, W, 3)``. ``train`` is keyword-only (``apply(v, x, True)`` is a
+  TypeError), so a positional boolean can never be read as another argument.
+* It returns ``(logits, features)``: ``logits`` float32 ``(B, num_classes)`` whatever
+  the compute ``dtype`` (losses and metrics then need no casts), ``features`` a dict of
+  named intermediates holding at least ``pre_logits`` ``(B, D)`` (the pooled feature the
+  classifier reads) and ``stage1`` .. ``stageN`` (``N >= 3``), each ``(B, T', H', W', C)``
+  (what feature distillation and CKA read). Each family's module docstring lists its
+  other keys.
+* ``train=True`` draws dropout and stochastic depth from the ``dropout`` rng (required
+  then, ignored otherwise); families with batch norm keep running statistics in the
+  ``batch_stats`` collection, updated only with ``train=True`` and
+  ``mutable=["batch_stats"]``. Parameters stay float32 under a bfloat16 compute dtype.
 
 Build any model by name::
 

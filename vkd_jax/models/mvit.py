@@ -489,7 +489,7 @@ class MViT(nn.Module):
           train: enables dropout and stochastic depth (rng ``dropout``).
 
         Returns:
-          ``(logits (B, num_classes), features)``, features as in the module
+          ``(logits (B, num_classes) float32, features)``, features as in the module
           docstring.
         """
         deterministic = not train
@@ -530,4 +530,4 @@ class MViT(nn.Module):
         features["pre_logits"] = x
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
-        return logits, features
+        return logits.astype(jnp.float32), features

@@ -99,7 +99,7 @@ class Conv2Plus1D(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         conv = functools.partial(layers.Conv3d, dtype=self.dtype, kernel_init=_conv_init)
         s = self.stride
         x = conv(self.mid_features, (1, 3, 3), (1, s, s), (0, 1, 1), name="conv_s")(x)
@@ -121,14 +121,14 @@ class BasicBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         in_planes = x.shape[-1]
         # torchvision computes M_i once from (in_planes, planes) and uses it for both
         # convolutions of the block; checkpoints depend on it.
         mid = midplanes(in_planes, self.planes)
-        out = Conv2Plus1D(self.planes, mid, self.stride, self.dtype, name="conv1")(x, train)
+        out = Conv2Plus1D(self.planes, mid, self.stride, self.dtype, name="conv1")(x, train=train)
         out = nn.relu(_batch_norm(train, self.dtype, "bn1")(out))
-        out = Conv2Plus1D(self.planes, mid, 1, self.dtype, name="conv2")(out, train)
+        out = Conv2Plus1D(self.planes, mid, 1, self.dtype, name="conv2")(out, train=train)
         out = _batch_norm(train, self.dtype, "bn2")(out)
         if self.stride != 1 or in_planes != self.planes:
             s = self.stride
@@ -165,7 +165,7 @@ class R2Plus1D(nn.Module):
 
     @nn.compact
     def __call__(
-        self, video: jnp.ndarray, train: bool = False
+        self, video: jnp.ndarray, *, train: bool = False
     ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
         """Classifies a clip.
 
@@ -179,13 +179,13 @@ class R2Plus1D(nn.Module):
         """
         features: dict[str, jnp.ndarray] = {}
         x = _Stem(self.widths[0], self.stem_midplanes, self.dtype, name="stem")(
-            video.astype(self.dtype), train
+            video.astype(self.dtype), train=train
         )
         features["stem"] = x
         for i, (num_blocks, planes) in enumerate(zip(self.layers, self.widths)):
             for j in range(num_blocks):
                 stride = 2 if i > 0 and j == 0 else 1
-                x = BasicBlock(planes, stride, self.dtype, name=f"layer{i + 1}_{j}")(x, train)
+                x = BasicBlock(planes, stride, self.dtype, name=f"layer{i + 1}_{j}")(x, train=train)
             features[f"stage{i + 1}"] = x
         # Pool in float32: a bfloat16 sum over T*H*W positions loses precision.
         pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
@@ -209,7 +209,7 @@ class _Stem(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         conv = functools.partial(layers.Conv3d, dtype=self.dtype, kernel_init=_conv_init)
         x = conv(self.mid_features, (1, 7, 7), (1, 2, 2), (0, 3, 3), name="conv_s")(x)
         x = nn.relu(_batch_norm(train, self.dtype, "bn_s")(x))

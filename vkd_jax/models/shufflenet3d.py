@@ -150,7 +150,7 @@ class ConvBN(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         x = layers.Conv3d(
             self.features,
             tuple(self.kernel),
@@ -168,7 +168,7 @@ class ConvBN(nn.Module):
 
 def _stem(x: jnp.ndarray, width: int, train: bool, dtype: Any) -> jnp.ndarray:
     """conv1 (3x3x3, stride 1,2,2) -> BN -> ReLU -> 3x3x3 max pool, stride 2, padding 1."""
-    x = ConvBN(width, (3, 3, 3), (1, 2, 2), dtype=dtype, name="conv1")(x, train)
+    x = ConvBN(width, (3, 3, 3), (1, 2, 2), dtype=dtype, name="conv1")(x, train=train)
     # Padding with -inf, like PyTorch's MaxPool3d (the input is post-ReLU anyway).
     return layers.max_pool3d(x, (3, 3, 3), (2, 2, 2), (1, 1, 1))
 
@@ -199,18 +199,20 @@ class V1Bottleneck(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         in_planes = x.shape[-1]
         mid = self.out_planes // 4
         out_planes = self.out_planes - in_planes if self.stride == 2 else self.out_planes
         # Reference quirk kept for checkpoint compatibility: `g = 1 if in_planes == 24`.
         g = 1 if in_planes == 24 else self.groups
         s = (self.stride,) * 3
-        out = ConvBN(mid, groups=g, dtype=self.dtype, name="conv1")(x, train)
+        out = ConvBN(mid, groups=g, dtype=self.dtype, name="conv1")(x, train=train)
         out = channel_shuffle(out, self.groups)
-        out = ConvBN(mid, (3, 3, 3), s, mid, relu=False, dtype=self.dtype, name="conv2")(out, train)
+        out = ConvBN(mid, (3, 3, 3), s, mid, relu=False, dtype=self.dtype, name="conv2")(
+            out, train=train
+        )
         out = ConvBN(out_planes, groups=self.groups, relu=False, dtype=self.dtype, name="conv3")(
-            out, train
+            out, train=train
         )
         if self.stride == 2:
             # AvgPool3d((2, 3, 3), stride 2, padding (0, 1, 1)); PyTorch counts the zero
@@ -243,7 +245,7 @@ class ShuffleNetV1(nn.Module):
 
     @nn.compact
     def __call__(
-        self, video: jnp.ndarray, train: bool = False
+        self, video: jnp.ndarray, *, train: bool = False
     ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
         """Classifies a clip.
 
@@ -271,7 +273,7 @@ class ShuffleNetV1(nn.Module):
             for j in range(n):
                 x = V1Bottleneck(
                     width, 2 if j == 0 else 1, self.groups, self.dtype, name=f"layer{i + 1}_{j}"
-                )(x, train)
+                )(x, train=train)
             features[f"stage{i + 1}"] = x
         logits, features["pre_logits"] = _head(
             x, self.num_classes, self.dropout_rate, train, self.dtype
@@ -299,16 +301,16 @@ class V2Branch(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         s, dt = (self.stride,) * 3, self.dtype
         if self.kind == "dw_pw":
             c = x.shape[-1]
-            x = ConvBN(c, (3, 3, 3), s, c, relu=False, dtype=dt, name="dw")(x, train)
-            return ConvBN(self.features, dtype=dt, name="pw")(x, train)
+            x = ConvBN(c, (3, 3, 3), s, c, relu=False, dtype=dt, name="dw")(x, train=train)
+            return ConvBN(self.features, dtype=dt, name="pw")(x, train=train)
         c = self.features
-        x = ConvBN(c, dtype=dt, name="pw1")(x, train)
-        x = ConvBN(c, (3, 3, 3), s, c, relu=False, dtype=dt, name="dw")(x, train)
-        return ConvBN(c, dtype=dt, name="pw2")(x, train)
+        x = ConvBN(c, dtype=dt, name="pw1")(x, train=train)
+        x = ConvBN(c, (3, 3, 3), s, c, relu=False, dtype=dt, name="dw")(x, train=train)
+        return ConvBN(c, dtype=dt, name="pw2")(x, train=train)
 
 
 class V2Unit(nn.Module):
@@ -325,15 +327,15 @@ class V2Unit(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         half = self.out_planes // 2
         branch2 = V2Branch(half, self.stride, "pw_dw_pw", self.dtype, name="branch2")
         if self.stride == 1:
             c = x.shape[-1] // 2
-            out = jnp.concatenate([x[..., :c], branch2(x[..., c:], train)], axis=-1)
+            out = jnp.concatenate([x[..., :c], branch2(x[..., c:], train=train)], axis=-1)
         else:
             branch1 = V2Branch(half, self.stride, "dw_pw", self.dtype, name="branch1")
-            out = jnp.concatenate([branch1(x, train), branch2(x, train)], axis=-1)
+            out = jnp.concatenate([branch1(x, train=train), branch2(x, train=train)], axis=-1)
         return channel_shuffle(out, 2)
 
 
@@ -356,7 +358,7 @@ class ShuffleNetV2(nn.Module):
 
     @nn.compact
     def __call__(
-        self, video: jnp.ndarray, train: bool = False
+        self, video: jnp.ndarray, *, train: bool = False
     ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
         """Classifies a clip.
 
@@ -375,11 +377,11 @@ class ShuffleNetV2(nn.Module):
         for i, (n, width) in enumerate(zip(self.repeats, self.channels[1:4])):
             for j in range(n):
                 x = V2Unit(width, 2 if j == 0 else 1, self.dtype, name=f"features_{index}")(
-                    x, train
+                    x, train=train
                 )
                 index += 1
             features[f"stage{i + 1}"] = x
-        x = ConvBN(self.channels[4], dtype=self.dtype, name="conv_last")(x, train)
+        x = ConvBN(self.channels[4], dtype=self.dtype, name="conv_last")(x, train=train)
         features["conv_last"] = x
         logits, features["pre_logits"] = _head(
             x, self.num_classes, self.dropout_rate, train, self.dtype

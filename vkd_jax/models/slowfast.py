@@ -114,7 +114,7 @@ class Bottleneck(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         s, d = self.stride, self.dtype
         y = _conv(self.inner, (self.temporal_kernel, 1, 1), 1, d, "conv_a")(x)
         y = nn.relu(_norm(train, d, "norm_a")(y))
@@ -163,7 +163,7 @@ class SlowFast(nn.Module):
 
     @nn.compact
     def __call__(
-        self, video: jnp.ndarray, train: bool = False
+        self, video: jnp.ndarray, *, train: bool = False
     ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
         """Classifies a clip (the Fast pathway's frames).
 
@@ -196,7 +196,7 @@ class SlowFast(nn.Module):
                     stride = 2 if i > 0 and j == 0 else 1
                     name = f"{p}_stage{i + 1}_{j}"
                     block = Bottleneck(inner, 4 * inner, kt, stride, d, name=name)
-                    paths[p] = block(paths[p], train)
+                    paths[p] = block(paths[p], train=train)
                 features[f"{p}_stage{i + 1}"] = paths[p]
             if i < len(self.depths) - 1:
                 paths["slow"] = self._fuse(paths["slow"], paths["fast"], train, i + 1)

@@ -265,7 +265,7 @@ class ViT(nn.Module):
           train: enables dropout and stochastic depth (rng ``dropout``).
 
         Returns:
-          ``(logits (B, num_classes), features)``, features as in the module
+          ``(logits (B, num_classes) float32, features)``, features as in the module
           docstring.
         """
         if self.pool not in ("cls", "mean"):
@@ -316,4 +316,4 @@ class ViT(nn.Module):
             kernel_init=nn.initializers.normal(0.02),
             name="head",
         )(x)
-        return logits, features
+        return logits.astype(jnp.float32), features
