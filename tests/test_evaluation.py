@@ -96,6 +96,19 @@ def test_count_macs_ignores_features_the_logits_do_not_use():
     assert evaluation.count_macs(model, _init(model), (4, 8, 8)) == 3 * 4
 
 
+def test_count_macs_fails_loudly_without_jax_dead_code_elimination(monkeypatch):
+    # A future JAX without the private pass must not silently count unused ops.
+    monkeypatch.setattr(evaluation, "_dce_jaxpr", None)
+    class Head(nn.Module):
+        @nn.compact
+        def __call__(self, video, train: bool = False):
+            return nn.Dense(4)(video.mean(axis=(1, 2, 3))), {}
+
+    model = Head()
+    with pytest.raises(RuntimeError, match="dce_jaxpr.*method='xla'"):
+        evaluation.count_macs(model, _init(model), (4, 8, 8))
+
+
 def test_count_macs_inside_scan_is_multiplied_by_length():
     class Repeated(nn.Module):
         @nn.compact

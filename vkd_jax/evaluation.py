@@ -30,6 +30,11 @@ import numpy as np
 from vkd_jax import storage
 from vkd_jax.models import layers
 
+try:  # Private JAX (no public dead-code elimination); _dead_code_eliminated says why.
+    from jax._src.interpreters.partial_eval import dce_jaxpr as _dce_jaxpr
+except ImportError:  # pragma: no cover (depends on the JAX version)
+    _dce_jaxpr = None
+
 # ----------------------------------------------------------------------------- size and cost
 
 
@@ -139,16 +144,7 @@ def count_macs(
 
     if method == "jaxpr":
         jaxpr = jax.make_jaxpr(forward)(abstract_variables, video).jaxpr
-        # Tracing keeps ops whose results nothing uses (e.g. a feature computed only for
-        # distillation); drop them, as XLA and a deployed model would. Private API: without
-        # it such ops would be counted, so fall back rather than fail.
-        try:
-            from jax._src.interpreters import partial_eval
-
-            jaxpr, _ = partial_eval.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
-        except (ImportError, AttributeError):
-            pass
-        return _jaxpr_macs(jaxpr) / batch_size
+        return _jaxpr_macs(_dead_code_eliminated(jaxpr)) / batch_size
     if method == "xla":
         cost = jax.jit(forward).lower(abstract_variables, video).compile().cost_analysis()
         # jax 0.10 returns a dict; older versions returned a list with one dict per program.
@@ -156,6 +152,23 @@ def count_macs(
             cost = cost[0]
         return float(cost["flops"]) / 2 / batch_size
     raise ValueError(f"Unknown method {method!r}; expected 'jaxpr' or 'xla'.")
+
+
+def _dead_code_eliminated(jaxpr):
+    """``jaxpr`` without the ops whose results nothing uses.
+
+    Tracing keeps such ops (e.g. a feature computed only for distillation); XLA and a
+    deployed model drop them, so counting them would overstate the GMACs. JAX has no
+    public API for this, so a JAX that moved the private one is an error here, not a
+    silently higher count.
+    """
+    if _dce_jaxpr is None:
+        raise RuntimeError(
+            "count_macs(method='jaxpr') needs jax._src.interpreters.partial_eval.dce_jaxpr, "
+            f"which JAX {jax.__version__} does not have; without it unused ops would be "
+            "counted. Use method='xla', or a JAX version this package supports."
+        )
+    return _dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))[0]
 
 
 def measure_latency(
