@@ -9,25 +9,13 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from vkd_jax import evaluation, experiment, stages, storage, train
+from vkd_jax import config_lib, evaluation, experiment, stages, storage, train
 from vkd_jax.data import pipeline, preview
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> Any:
     """Dispatches on ``config.mode`` (validated by ``config_lib.validate``)."""
-    return {
-        "data": run_data,
-        "train": run_train,
-        "distill": run_distill,
-        "evaluate": run_evaluate,
-        "experiment": experiment.run_experiment,
-        "ablation": experiment.run_ablation,
-        "cka": run_cka,
-        "pretrain": run_pretrain,
-        "probe": run_probe,
-        "ensemble": run_ensemble,
-        "export": run_export,
-    }[config.mode](config, workdir)
+    return _RUNNERS[config.mode](config, workdir)
 
 
 def run_data(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -139,6 +127,21 @@ def run_export(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
     from vkd_jax import export
 
     return export.run(config, workdir)
+
+
+def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Teachers, then the student with each loss of the recipe (``vkd_jax.experiment``)."""
+    return experiment.run_experiment(config, workdir)
+
+
+def run_ablation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """The loss-term ablation of ``configs/ablation.py`` (``vkd_jax.experiment``)."""
+    return experiment.run_ablation(config, workdir)
+
+
+# One list of modes: config_lib.MODES (checked before any compute, without importing the
+# stages); each has its run_<mode> here, or this module fails to import.
+_RUNNERS = {mode: globals()[f"run_{mode}"] for mode in config_lib.MODES}
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
