@@ -76,3 +76,5 @@ def test_to_global_shards_batch_over_devices():
             # Device i holds rows [2i, 2i + 2).
             np.testing.assert_array_equal(np.asarray(shard.data), value[2 * i : 2 * i + 2])
         np.testing.assert_array_equal(np.asarray(arr), value)
+        np.testing.assert_array_equal(sharding.to_host(arr), value)  # And back.
+    assert isinstance(sharding.to_host(out["label"]), np.ndarray)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vkd_jax import storage
+from vkd_jax import sharding, storage
 from vkd_jax.models import layers
 
 try:  # Private JAX (no public dead-code elimination); _dead_code_eliminated says why.
@@ -314,16 +314,6 @@ def make_eval_step(model: Any):
     return step
 
 
-def _to_host(x: Any) -> np.ndarray:
-    """The whole (global) array as NumPy on this host."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        # Multi-process: each process holds only its shards; gather the global array.
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(jax.device_get(x))
-
-
 def evaluate(
     model: Any,
     variables: Any,
@@ -351,10 +341,10 @@ def evaluate(
     all_probs, all_labels = [], []
     for batch in batches:
         logits = step(variables, batch["video"])
-        probs = _to_host(multiview_predictions(logits))
-        labels = _to_host(batch["label"])
+        probs = sharding.to_host(multiview_predictions(logits))
+        labels = sharding.to_host(batch["label"])
         mask = batch.get("mask")
-        keep = np.ones(len(labels), bool) if mask is None else _to_host(mask).astype(bool)
+        keep = np.ones(len(labels), bool) if mask is None else sharding.to_host(mask).astype(bool)
         all_probs.append(probs[keep])
         all_labels.append(labels[keep])
     probs = np.concatenate(all_probs) if all_probs else np.zeros((0, num_classes), np.float32)
@@ -434,7 +424,6 @@ def evaluate_model(
     ``info`` is the dataset's ``pipeline.DatasetInfo``. Writes ``confusion.png`` to
     ``outdir`` and returns a JSON-able summary.
     """
-    from vkd_jax import sharding
     from vkd_jax.data import pipeline  # TensorFlow: only when evaluating on a dataset.
 
     local_batch = sharding.local_batch_size(config.train.eval_batch_size)
@@ -478,7 +467,7 @@ def evaluate_checkpoint(
       **extra: fields added to the summary (e.g. ``stage``).
     """
     storage.makedirs(outdir)
-    from vkd_jax import checkpoint, sharding, stages
+    from vkd_jax import checkpoint, stages
     from vkd_jax.data import pipeline  # TensorFlow: only when evaluating on a dataset.
 
     info = pipeline.dataset_info(config.data)

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from vkd_jax import checkpoint, evaluation, sharding, stages, storage
+from vkd_jax import checkpoint, sharding, stages, storage
 from vkd_jax.data import pipeline
 
 SUMMARY_FILE = "probe.json"
@@ -56,10 +56,10 @@ def extract_features(
 
     out_x, out_y = [], []
     for batch in batches:
-        x = evaluation._to_host(features(batch["video"]))
-        y = evaluation._to_host(batch["label"])
+        x = sharding.to_host(features(batch["video"]))
+        y = sharding.to_host(batch["label"])
         mask = batch.get("mask")
-        keep = np.ones(len(y), bool) if mask is None else evaluation._to_host(mask).astype(bool)
+        keep = np.ones(len(y), bool) if mask is None else sharding.to_host(mask).astype(bool)
         out_x.append(x[keep])
         out_y.append(y[keep])
     return np.concatenate(out_x), np.concatenate(out_y)

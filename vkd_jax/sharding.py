@@ -89,3 +89,16 @@ def to_global(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
     )
+
+
+def to_host(x: Any) -> np.ndarray:
+    """The whole (global) array ``x`` as NumPy on this host (the inverse of `to_global`).
+
+    Multi-process, each process holds only its shards of a global array; they are
+    gathered (every process must call this). A host or fully addressable array is copied.
+    """
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
