@@ -189,7 +189,9 @@ def get_config() -> ml_collections.ConfigDict:
     t.batch_size = 32  # Global batch size (split over devices and processes).
     t.num_steps = 300  # Optimizer steps of a train/distill stage.
     t.log_every = 25  # Steps between metric lines / TensorBoard points.
-    t.eval_every = 0  # Steps between evaluations; 0 = at the end only.
+    # Steps between evaluations on data.eval_split during a stage (eval/top1, eval/top5 in
+    # TensorBoard and metrics.jsonl; pretraining: eval/pretext_accuracy); 0 = at the end only.
+    t.eval_every = 0
     t.checkpoint_every = 100  # Steps between checkpoints.
     t.max_to_keep = 2  # Checkpoints kept.
     t.eval_batch_size = 32  # Videos per evaluation batch (each with all its views).

@@ -388,9 +388,12 @@ def test_pretraining_lowers_the_loss_and_fine_tunes(tiny_data_dir, tmp_path):
     # (RotNet cannot learn on `tiny`: its world has no "up"; `long` has one).
     c = _pretrain_config(tiny_data_dir, "cvrl", steps=40)
     c.train.log_every = 10
+    c.train.eval_every = 20  # A held-out pretext evaluation at step 20 (and the final one).
     summary = modes.run(c, str(tmp_path / "pre"))
     history = mechanism.read_history(str(tmp_path / "pre"))
     assert [h["step"] for h in history] == [10, 20, 30, 40]
+    assert [h["step"] for h in history if "eval/pretext_accuracy" in h] == [20]
+    assert 0.0 <= history[1]["eval/pretext_accuracy"] <= 1.0 and "loss" in history[1]
     assert history[-1]["loss"] < history[0]["loss"] - 0.3
     assert summary["chance"] == pytest.approx(1 / 31)  # 2 x 16 clips: 31 candidates.
     assert json.loads((tmp_path / "pre" / pretrain.SUMMARY_FILE).read_text()) == summary
@@ -400,8 +403,11 @@ def test_pretraining_lowers_the_loss_and_fine_tunes(tiny_data_dir, tmp_path):
     ft.mode = "train"
     ft.init_checkpoint = str(tmp_path / "pre" / "model")
     ft.optim.learning_rate = 0.0
-    ft.train.num_steps = 1
+    ft.train.num_steps = 2
+    ft.train.eval_every = 1  # The periodic evaluation of a supervised stage.
     modes.run(ft, str(tmp_path / "ft"))
+    (scored,) = [h for h in mechanism.read_history(str(tmp_path / "ft")) if "eval/top1" in h]
+    assert scored["step"] == 1 and 0.0 <= scored["eval/top1"] <= scored["eval/top5"] <= 1.0
     _, pre, _ = checkpoint.load_model(str(tmp_path / "pre" / "model"))
     _, tuned, _ = checkpoint.load_model(str(tmp_path / "ft" / "model"))
     flat = lambda v: jax.tree_util.tree_leaves_with_path(v["params"])

@@ -275,3 +275,57 @@ def test_claim_verdicts_are_paired_by_seed():
     assert vit["verdict"] == reporting.HOLDS
     # Rows that were not run give no verdict.
     assert experiment.claim_verdicts({"scratch": [0.5]}, {}) == []
+
+
+def test_train_loop_evaluates_every_eval_every_steps(tmp_path):
+    # The public loop with a stand-in step: periodic evaluations (train.eval_every) land
+    # in TensorBoard and the metrics history, merged with the training means of a step.
+    mesh = sharding.make_mesh(1)
+    train_cfg = ml_collections.ConfigDict(dict(log_every=2, checkpoint_every=4, eval_every=3))
+
+    @jax.jit
+    def step_fn(state, batch):
+        new = {"w": state["w"] + jnp.mean(batch["x"])}
+        return new, {"loss": new["w"], "finite": jnp.array(True)}
+
+    evaluated = []
+
+    def evaluate(state):
+        evaluated.append(float(state["w"]))
+        return {"top1": float(state["w"]) / 10}
+
+    batches = iter({"x": np.ones((2, 1), np.float32)} for _ in range(7))
+    manager = checkpoint.checkpoint_manager(str(tmp_path / "checkpoints"), max_to_keep=2)
+    writer = train.metric_writers.create_default_writer(str(tmp_path))
+    state = train.train_loop(
+        step_fn,
+        {"w": jnp.zeros(())},
+        batches,
+        name="loop",
+        workdir=str(tmp_path),
+        num_steps=7,
+        start_step=0,
+        train_cfg=train_cfg,
+        mesh=mesh,
+        manager=manager,
+        writer=writer,
+        evaluate=evaluate,
+    )
+    assert float(state["w"]) == 7.0
+    assert evaluated == [3.0, 6.0]  # Steps 3 and 6; the stage's final evaluation is not here.
+    history = {p["step"]: p for p in mechanism.read_history(str(tmp_path))}
+    assert sorted(history) == [2, 3, 4, 6, 7]
+    assert history[6] == {"step": 6, "loss": 5.5, "eval/top1": 0.6}  # Merged, not replaced.
+    assert history[3] == {"step": 3, "eval/top1": pytest.approx(0.3)}
+    assert manager.latest_step() == 7
+    manager.close()
+    # eval_every = 0: no periodic evaluation.
+    evaluated.clear()
+    train_cfg.eval_every = 0
+    manager = checkpoint.checkpoint_manager(str(tmp_path / "again"), max_to_keep=1)
+    batches = iter({"x": np.ones((2, 1), np.float32)} for _ in range(4))
+    train.train_loop(step_fn, {"w": jnp.zeros(())}, batches, name="loop", workdir=str(tmp_path),
+                     num_steps=4, start_step=0, train_cfg=train_cfg, mesh=mesh, manager=manager,
+                     writer=writer, evaluate=evaluate)  # fmt: skip
+    manager.close()
+    assert evaluated == []

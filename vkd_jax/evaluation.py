@@ -321,6 +321,7 @@ def evaluate(
     *,
     num_classes: int,
     class_names: Sequence[str] | None = None,
+    step: Any = None,
 ) -> dict[str, Any]:
     """Multi-view accuracy of a model over an evaluation set.
 
@@ -333,11 +334,13 @@ def evaluate(
         process returns the summary of the whole set.
       num_classes: number of classes.
       class_names: names of the classes.
+      step: ``make_eval_step(model)``, made here if None (pass one to reuse its
+        compilation across evaluations).
 
     Returns:
       :func:`accuracy_summary` of the unmasked examples plus ``num_examples``.
     """
-    step = make_eval_step(model)
+    step = step or make_eval_step(model)
     all_probs, all_labels = [], []
     for batch in batches:
         logits = step(variables, batch["video"])
@@ -410,6 +413,35 @@ def plot_confusion(
 EVAL_FILE = "eval.json"
 
 
+def evaluate_split(
+    config: ml_collections.ConfigDict,
+    model: Any,
+    variables: Mapping[str, Any],
+    info: Any,
+    *,
+    mesh: Any,
+    step: Any = None,
+) -> dict[str, Any]:
+    """:func:`evaluate` on ``config.data.eval_split`` (every clip and crop of each video).
+
+    ``info`` is the dataset's ``pipeline.DatasetInfo``; batches are sharded over ``mesh``;
+    ``step`` as in :func:`evaluate`.
+    """
+    from vkd_jax.data import pipeline  # TensorFlow: only when evaluating on a dataset.
+
+    local_batch = sharding.local_batch_size(config.train.eval_batch_size)
+    ds = pipeline.eval_dataset(config.data, batch_size=local_batch)
+    batches = (sharding.to_global(b, mesh) for b in ds.as_numpy_iterator())
+    return evaluate(
+        model,
+        variables,
+        batches,
+        num_classes=info.num_classes,
+        class_names=info.class_names,
+        step=step,
+    )
+
+
 def evaluate_model(
     config: ml_collections.ConfigDict,
     model: Any,
@@ -424,14 +456,7 @@ def evaluate_model(
     ``info`` is the dataset's ``pipeline.DatasetInfo``. Writes ``confusion.png`` to
     ``outdir`` and returns a JSON-able summary.
     """
-    from vkd_jax.data import pipeline  # TensorFlow: only when evaluating on a dataset.
-
-    local_batch = sharding.local_batch_size(config.train.eval_batch_size)
-    ds = pipeline.eval_dataset(config.data, batch_size=local_batch)
-    batches = (sharding.to_global(b, mesh) for b in ds.as_numpy_iterator())
-    summary = evaluate(
-        model, variables, batches, num_classes=info.num_classes, class_names=info.class_names
-    )
+    summary = evaluate_split(config, model, variables, info, mesh=mesh)
     input_shape = (config.data.num_frames, config.data.crop_size, config.data.crop_size)
     summary["params"] = count_params(variables["params"])
     summary["gmacs"] = count_macs(model, variables, input_shape) / 1e9

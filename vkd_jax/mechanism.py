@@ -35,7 +35,7 @@ def append_history(workdir: str, step: int, means: Mapping[str, float]) -> None:
     """Appends one logged point to ``<workdir>/metrics.jsonl`` (read back for plots).
 
     TensorBoard has the same points; this plain file needs no event parser. After
-    a resume a step may appear twice: :func:`read_history` keeps the last one.
+    a resume a step may appear twice: :func:`read_history` keeps the last values.
     """
     if jax.process_index() == 0:
         storage.append_text(
@@ -48,11 +48,13 @@ def read_history(workdir: str) -> list[dict[str, float]]:
     path = os.path.join(workdir, HISTORY_FILE)
     if not storage.isfile(path):
         return []
-    by_step = {}
+    by_step: dict[int, dict[str, float]] = {}
     for line in storage.read_text(path).splitlines():
         if line.strip():
             point = json.loads(line)
-            by_step[point["step"]] = point
+            # Points of one step merge (training means and a periodic evaluation's
+            # scores); a replayed step's later values win.
+            by_step.setdefault(point["step"], {}).update(point)
     return [by_step[k] for k in sorted(by_step)]
 
 

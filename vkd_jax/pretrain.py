@@ -161,8 +161,7 @@ def make_pretrain_step(*, backbone, head, task, pretext_cfg, tx, schedule, rng):
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def step(state: PretrainState, unused, batch):
-        del unused
+    def step(state: PretrainState, batch):
         step_rng = jax.random.fold_in(rng, state.step)
         (loss, (metrics, stats, enqueue)), grads = grad_fn(state.params, state, batch, step_rng)
         params, opt_state = train_step.optimizer_update(tx, grads, state.opt_state, state.params)
@@ -246,9 +245,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     task, head = pretext.build(pcfg, config.data)
     num_steps = int(config.train.num_steps)
     name = f"pretrain_{task.name}_c{pcfg.complexity}"
-    stage = train.Stage(
-        name=name, workdir=workdir, model=spec, loss=config.loss, num_steps=num_steps
-    )
 
     # ------------------------------------------------------------ mesh, data
     mesh = sharding.make_mesh(config.mesh.data)
@@ -293,7 +289,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     )
     p_step = jax.jit(
         step_fn,
-        in_shardings=(repl, repl, sharding.data_sharding(mesh)),
+        in_shardings=(repl, sharding.data_sharding(mesh)),
         out_shardings=(repl, repl),
         donate_argnums=(0,),
     )
@@ -322,8 +318,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             seed=config.seed,
         )
         batches = iter(ds.skip(start_step).as_numpy_iterator())
-        state = train._train_loop(
-            config, stage, mesh, p_step, state, {}, batches, start_step, manager, writer
+        state = train.train_loop(
+            p_step,
+            state,
+            batches,
+            name=name,
+            workdir=workdir,
+            num_steps=num_steps,
+            start_step=start_step,
+            train_cfg=config.train,
+            mesh=mesh,
+            manager=manager,
+            writer=writer,
+            evaluate=lambda state: _pretext_scores(
+                evaluate_pretext(config, pcfg, task, backbone, head, state, mesh)
+            ),
         )
     manager.close()
 
@@ -361,6 +370,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         f"loss {summary['pretext_loss']:.4f}, {summary['num_videos']} videos"
     )
     return summary
+
+
+def _pretext_scores(summary: dict[str, Any]) -> dict[str, float]:
+    return {k: summary[k] for k in ("pretext_accuracy", "pretext_loss")}
 
 
 def evaluate_pretext(config, pcfg, task, backbone, head, state, mesh) -> dict[str, Any]:

@@ -18,10 +18,11 @@ the jitted step in :mod:`vkd_jax.train_step`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import flax
@@ -48,7 +49,15 @@ from vkd_jax.losses import objective
 from vkd_jax.stages import Stage, compute_dtype, model_metadata
 
 # train.run(config, train.Stage(...)): the stage description lives in vkd_jax.stages.
-__all__ = ["MECHANISM_FILE", "NonFiniteLossError", "Stage", "open_checkpoints", "run"]
+__all__ = [
+    "MECHANISM_FILE",
+    "NonFiniteLossError",
+    "Stage",
+    "open_checkpoints",
+    "run",
+    "student_variables",
+    "train_loop",
+]
 
 MECHANISM_FILE = "mechanism.png"  # DATW weights, confidence, discrepancy, loss terms.
 
@@ -179,24 +188,26 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
         # The pipeline is deterministic for its seed: skipping the batches already
         # consumed puts a resumed run on exactly the data an uninterrupted one sees.
         batches = iter(ds.skip(start_step).as_numpy_iterator())
-        state = _train_loop(
-            config,
-            stage,
-            mesh,
-            p_step,
+        state = train_loop(
+            lambda state, batch: p_step(state, teacher_vars, batch),
             state,
-            teacher_vars,
             batches,
-            start_step,
-            manager,
-            writer,
+            name=stage.name,
+            workdir=stage.workdir,
+            num_steps=stage.num_steps,
+            start_step=start_step,
+            train_cfg=config.train,
+            mesh=mesh,
+            manager=manager,
+            writer=writer,
+            evaluate=functools.partial(
+                _eval_scores, config, student, info, mesh, evaluation.make_eval_step(student)
+            ),
         )
     manager.close()
 
     # ------------------------------------------------------------ export, eval
-    variables = {"params": state.params["student"]}
-    if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
+    variables = student_variables(state)
     meta = model_metadata(config, stage.model, info.num_classes, info.class_names)
     meta["stage"] = stage.name
     checkpoint.save_model(model_dir, variables, meta)
@@ -217,6 +228,23 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
     writer.flush()
     evaluation.write_eval(stage.workdir, summary)
     return summary
+
+
+def student_variables(state: train_step.TrainState) -> dict[str, Any]:
+    """The trained model's variables in a stage's state (no teachers, no heads)."""
+    variables = {"params": state.params["student"]}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    return variables
+
+
+def _eval_scores(config, model, info, mesh, step, state) -> dict[str, float]:
+    """Top-1/top-5 of the stage's model on the eval split (``train.eval_every``); ``step``
+    is the stage's one ``make_eval_step``, compiled once for all its evaluations."""
+    summary = evaluation.evaluate_split(
+        config, model, student_variables(state), info, mesh=mesh, step=step
+    )
+    return {"top1": summary["top1"], "top5": summary["top5"]}
 
 
 def open_checkpoints(init, args, repl, workdir: str, max_to_keep: int):
@@ -280,18 +308,50 @@ def _initialize_from(state, stage: Stage, tx, repl) -> train_step.TrainState:
     return jax.device_put(new, repl)
 
 
-def _train_loop(
-    config, stage, mesh, p_step, state, teacher_vars, batches, start_step, manager, writer
-):
-    """Runs steps ``start_step+1 .. num_steps``; checkpoints; stops loudly on NaN."""
-    report = periodic_actions.ReportProgress(num_train_steps=stage.num_steps, writer=writer)
-    log_every = max(1, config.train.log_every)
+def train_loop(
+    step_fn: Callable[[Any, Mapping[str, jax.Array]], tuple[Any, Mapping[str, jax.Array]]],
+    state: Any,
+    batches: Iterator[Mapping[str, np.ndarray]],
+    *,
+    name: str,
+    workdir: str,
+    num_steps: int,
+    start_step: int,
+    train_cfg: ml_collections.ConfigDict,
+    mesh: Any,
+    manager: Any,
+    writer: metric_writers.MetricWriter,
+    evaluate: Callable[[Any], Mapping[str, float]] | None = None,
+) -> Any:
+    """Runs steps ``start_step+1 .. num_steps`` of any stage; returns the last state.
+
+    Args:
+      step_fn: ``(state, global batch) -> (state, metrics)``, jitted; ``metrics`` holds
+        scalars and a boolean ``finite`` (:func:`train_step.keep_if_finite`).
+      state: the state at ``start_step`` (saved with ``checkpoint.save_state``).
+      batches: this process's host batches (NumPy), from step ``start_step + 1`` on.
+      name, workdir: the stage's name (log lines) and directory (metrics history).
+      num_steps, start_step: the last step, and the one ``state`` is at.
+      train_cfg: ``config.train``: ``log_every``, ``checkpoint_every``, ``eval_every``.
+      mesh: the device mesh the batches are sharded over.
+      manager, writer: the stage's checkpoint manager and metric writer.
+      evaluate: ``state -> {metric: value}``, run every ``train_cfg.eval_every`` steps
+        (0: never; the stage's final evaluation comes after the loop) and logged as
+        ``eval/<metric>`` to the writer (TensorBoard) and the metrics history.
+
+    Logs the means of the metrics every ``log_every`` steps, checkpoints every
+    ``checkpoint_every`` steps and on SIGTERM (then exits), and stops with
+    :class:`NonFiniteLossError` on a non-finite loss, the last checkpoint intact.
+    """
+    report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+    log_every = max(1, train_cfg.log_every)
+    eval_every = int(train_cfg.get("eval_every", 0))
     sums, count, last_log = None, 0, time.time()
     pending = None  # (step, metrics) of the previous step, checked one step late.
     with checkpoint.Preemption() as preemption:
-        for step in range(start_step + 1, stage.num_steps + 1):
+        for step in range(start_step + 1, num_steps + 1):
             batch = sharding.to_global(next(batches), mesh)
-            state, metrics = p_step(state, teacher_vars, batch)
+            state, metrics = step_fn(state, batch)
             # Reading the previous step's flag lets this step run meanwhile.
             if pending is not None:
                 _check_finite(*pending, manager=manager)
@@ -299,26 +359,33 @@ def _train_loop(
             sums = metrics if sums is None else jax.tree_util.tree_map(jnp.add, sums, metrics)
             count += 1
             report(step)
-            if step % log_every == 0 or step == stage.num_steps:
+            if step % log_every == 0 or step == num_steps:
                 _check_finite(step, metrics, manager=manager)
                 means = {k: float(v) / count for k, v in jax.device_get(sums).items()}
                 means.pop("finite", None)
                 rate = count / max(time.time() - last_log, 1e-9)
-                eta = (stage.num_steps - step) / max(rate, 1e-9)
+                eta = (num_steps - step) / max(rate, 1e-9)
                 logging.info(
                     "[%s] step %d/%d  loss %.4f  acc %.3f  %.2f steps/s  ETA %s",
-                    stage.name,
+                    name,
                     step,
-                    stage.num_steps,
+                    num_steps,
                     means.get("loss", float("nan")),
                     means.get("accuracy", float("nan")),
                     rate,
                     _fmt_time(eta),
                 )
                 writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
-                mechanism.append_history(stage.workdir, step, means)
+                mechanism.append_history(workdir, step, means)
                 sums, count, last_log = None, 0, time.time()
-            if step % config.train.checkpoint_every == 0 or step == stage.num_steps:
+            if evaluate is not None and eval_every and step % eval_every == 0 and step < num_steps:
+                _check_finite(step, metrics, manager=manager)
+                scores = {f"eval/{k}": float(v) for k, v in evaluate(state).items()}
+                logging.info("[%s] step %d/%d  %s", name, step, num_steps, scores)
+                writer.write_scalars(step, scores)
+                mechanism.append_history(workdir, step, scores)
+                last_log = time.time()  # The evaluation is not training time.
+            if step % train_cfg.checkpoint_every == 0 or step == num_steps:
                 _check_finite(step, metrics, manager=manager)
                 checkpoint.save_state(manager, step, state)
             if preemption.requested:
