@@ -455,6 +455,63 @@ def test_pipeline_decoding_only_sampled_frames_matches_decoding_all(tmp_path, en
         np.testing.assert_array_equal(lazy, decoded)
 
 
+@pytest.mark.parametrize("encoding", ["jpeg", "png"])
+def test_pretext_decodes_only_the_chosen_clips_and_matches_decoding_all(
+    tmp_path, encoding, monkeypatch
+):
+    """Pretraining reads through the same building block as supervised training: frames
+    stay encoded until a task has chosen its clips, then only those are decoded (JPEG: only
+    the crop window); the batches equal those of the cached path, which decodes whole
+    videos."""
+    from vkd_jax import pretext
+    from vkd_jax.data import pipeline
+    from vkd_jax.data import pretext as pretext_data
+
+    ds = video_fixtures.make_generic(
+        str(tmp_path / "src"), per_class=2, num_frames=12, with_lists=True, height=72, width=100
+    )
+    data = data_config(tmp_path / "tfds", ds, layout="generic", encoding=encoding)
+    with data.unlocked():
+        data.num_frames, data.frame_stride, data.crop_size = 4, 2, 32
+        data.train_scale, data.shuffle_buffer = (0.1, 1.0), 8
+    assert pipeline.frame_encoding(pipeline.load_builder(data), data) == encoding
+    decoded_lengths = []
+    decode_frames = pipeline.decode_frames
+
+    def recording_decode(frames, **kw):  # Runs when tf.data traces the map function.
+        decoded_lengths.append(frames.shape[0])
+        return decode_frames(frames, **kw)
+
+    monkeypatch.setattr(pipeline, "decode_frames", recording_decode)
+    for name in ("rotnet", "cvrl", "tdl"):  # Both augmentations: plain and contrastive.
+        pcfg = config_lib.default_config().pretext
+        pcfg.task = name
+        task, _ = pretext.build(pcfg, data)
+        batches = {}
+        for cache in (True, False):
+            with data.unlocked():
+                data.cache = cache
+            decoded_lengths.clear()
+            train = pretext_data.pretext_dataset(
+                data, pcfg, task, split="train", batch_size=2, seed=3, process_index=0,
+                process_count=1,
+            )  # fmt: skip
+            held_out = pretext_data.pretext_dataset(
+                data, pcfg, task, split="test", batch_size=2, seed=3, train=False,
+                process_index=0, process_count=1,
+            )  # fmt: skip
+            batches[cache] = [b["views"] for b in train.take(3).as_numpy_iterator()] + [
+                b["views"] for b in held_out.as_numpy_iterator()
+            ]
+            if cache:  # TFDS decoded the whole videos; the pipeline decoded nothing.
+                assert decoded_lengths == []
+            else:  # Every decode was of one clip's frames, never a whole video.
+                assert decoded_lengths and set(decoded_lengths) == {task.num_frames}, name
+        assert len(batches[True]) == len(batches[False]) > 3
+        for decoded, lazy in zip(batches[True], batches[False]):
+            np.testing.assert_array_equal(lazy, decoded, err_msg=name)
+
+
 def test_skipped_report_is_json_beside_the_data(tmp_path):
     ds = video_fixtures.make_generic(str(tmp_path / "src"), per_class=2, with_lists=True)
     data = data_config(tmp_path / "tfds", ds, layout="generic")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -314,11 +315,45 @@ def normalize(video: tf.Tensor, *, mean: tuple[float, ...], std: tuple[float, ..
     return (video - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
+def crop_clip(
+    frames: tf.Tensor,
+    *,
+    size: int,
+    scale: tuple[float, float],
+    aspect_ratio: tuple[float, float],
+    seed: tf.Tensor,
+    encoding: str | None = None,
+) -> tf.Tensor:
+    """`random_resized_crop` of a clip's frames, decoded or still encoded.
+
+    Args:
+      frames: uint8 (T, H, W, 3) frames, or string (T,) encoded ones (`encoding`): only
+        these are decoded, and for JPEG only the crop window of each, with the same box
+        and pixels as cropping the decoded frames (tests/test_pipeline.py checks).
+      size, scale, aspect_ratio, seed: as `random_resized_crop`.
+      encoding: "jpeg" or "png" for encoded frames (`frame_encoding`), else None.
+
+    Returns:
+      float32 (T, size, size, 3), values in [0, 255].
+    """
+    crop = dict(scale=tuple(scale), aspect_ratio=tuple(aspect_ratio), seed=seed)
+    if encoding == "jpeg":
+        shape = tf.io.extract_jpeg_shape(frames[0], output_type=tf.int32)
+        box = random_crop_box(shape[0], shape[1], **crop)
+        return resize(decode_frames(frames, box=box, jpeg=True), (size, size))
+    if encoding is not None:
+        frames = decode_frames(frames)
+    return random_resized_crop(frames, size=size, **crop)
+
+
 # ---------------------------------------------------------------------- datasets
 
 
-def _process_share(split: str, process_index: int | None, process_count: int | None):
-    """(this process's sub-split, every process's sub-split) of `split`."""
+def process_share(split: str, process_index: int | None, process_count: int | None):
+    """(this process's sub-split, every process's sub-split) of `split`.
+
+    `process_index` and `process_count` default to JAX's (`jax.process_index()`, ...).
+    """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     if not 0 <= process_index < process_count:
@@ -357,7 +392,7 @@ def _read(
     )
 
 
-def _stored_frames(builder: tfds.core.DatasetBuilder, data_cfg) -> str | None:
+def stored_frames(builder: tfds.core.DatasetBuilder, data_cfg) -> str | None:
     """The frame encoding when the pipeline should decode frames itself, else None.
 
     A clip uses a few of a video's frames (16 of a 10-s Kinetics video's 250), so
@@ -371,6 +406,65 @@ def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options)
+
+
+def example_batches(
+    data_cfg: ml_collections.ConfigDict,
+    split: str,
+    make_example: Callable[[dict[str, tf.Tensor], tf.Tensor, str | None], dict[str, tf.Tensor]],
+    *,
+    batch_size: int,
+    seed: int,
+    stream: int,
+    train: bool = True,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> tf.data.Dataset:
+    """The skeleton of the sampling pipelines (supervised training, pretext tasks).
+
+    This process's share of `split`, read in its stored order (a tfds Video's frames
+    left encoded unless `data.cache`: see `stored_frames`) -> cache (`data.cache`) ->
+    with `train`, a seeded shuffle and repeat forever -> ``make_example(example, seed,
+    encoding)`` for each example -> whole batches -> prefetch, deterministic.
+
+    Args:
+      data_cfg: The config's `data` section.
+      split: TFDS split (``train[:30%]`` style slices work).
+      make_example: Maps ``{"video", "label"}`` (video uint8 (T, H, W, 3), or string
+        (T,) encoded frames when `encoding` is "jpeg" or "png") and a stateless seed (2,)
+        to the example to batch. Decode only the frames it samples (`crop_clip`).
+      batch_size: Examples per batch of this process.
+      seed: Seeds the shuffle and every example's seed (same seed -> same batches).
+      stream: Told apart from other pipelines of the same seed (their examples get
+        independent seeds).
+      train: Shuffle and repeat; else one pass in the stored order.
+      process_index: This process (default `jax.process_index()`).
+      process_count: Processes sharing the split (default `jax.process_count()`).
+    """
+    builder = load_builder(data_cfg)
+    share, _ = process_share(split, process_index, process_count)
+    process_index = jax.process_index() if process_index is None else process_index
+    encoding = stored_frames(builder, data_cfg)
+    ds = _read(builder, share, data_cfg, keep_encoded=encoding is not None)
+    if data_cfg.cache:
+        ds = ds.cache()
+    if train:
+        ds = ds.shuffle(data_cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.repeat()
+    # Per-example seed = f(seed, stream, process, position in the stream): independent of
+    # thread scheduling, unlike stateful TF random ops.
+    base_seed = tf.random.experimental.stateless_fold_in(
+        tf.constant([seed, stream], tf.int64), process_index
+    )
+
+    def sample(index, ex):
+        return make_example(
+            ex, tf.random.experimental.stateless_fold_in(base_seed, index), encoding
+        )
+
+    ds = ds.enumerate().map(sample, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    return _deterministic(ds.prefetch(data_cfg.prefetch))
 
 
 def train_dataset(
@@ -394,45 +488,20 @@ def train_dataset(
       A dataset of {"video": float32 (b, T, S, S, 3), "label": int32 (b,)} with
       b = batch_size, T = num_frames, S = crop_size.
     """
-    builder = load_builder(data_cfg)
-    split, _ = _process_share(data_cfg.train_split, process_index, process_count)
-    process_index = jax.process_index() if process_index is None else process_index
-    encoding = _stored_frames(builder, data_cfg)
-    ds = _read(builder, split, data_cfg, keep_encoded=encoding is not None)
-    if data_cfg.cache:
-        ds = ds.cache()
-    ds = ds.shuffle(data_cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.repeat()
-    # Per-example seed = f(seed, process, position in the stream): independent of
-    # thread scheduling, unlike stateful TF random ops.
-    base_seed = tf.random.experimental.stateless_fold_in(
-        tf.constant([seed, 0], tf.int64), process_index
-    )
 
-    def augment(index, ex):
-        s_time, s_crop, s_flip = tf.unstack(
-            tf.random.experimental.stateless_split(
-                tf.random.experimental.stateless_fold_in(base_seed, index), 3
-            )
-        )
+    def augment(ex, seed, encoding):
+        s_time, s_crop, s_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
         video = sample_clip(
             ex["video"], num_frames=data_cfg.num_frames, stride=data_cfg.frame_stride, seed=s_time
         )
-        crop = dict(
-            scale=tuple(data_cfg.train_scale),
-            aspect_ratio=tuple(data_cfg.train_aspect_ratio),
+        video = crop_clip(
+            video,
+            size=data_cfg.crop_size,
+            scale=data_cfg.train_scale,
+            aspect_ratio=data_cfg.train_aspect_ratio,
             seed=s_crop,
+            encoding=encoding,
         )
-        if encoding == "jpeg":
-            # The same box and pixels as cropping the decoded frames (tested).
-            shape = tf.io.extract_jpeg_shape(video[0], output_type=tf.int32)
-            box = random_crop_box(shape[0], shape[1], **crop)
-            video = decode_frames(video, box=box, jpeg=True)
-            video = resize(video, (data_cfg.crop_size, data_cfg.crop_size))
-        else:
-            if encoding is not None:
-                video = decode_frames(video)
-            video = random_resized_crop(video, size=data_cfg.crop_size, **crop)
         if data_cfg.random_flip:
             video = random_flip(video, seed=s_flip)
         video = normalize(video, mean=tuple(data_cfg.mean), std=tuple(data_cfg.std))
@@ -440,9 +509,16 @@ def train_dataset(
         video = tf.ensure_shape(video, (data_cfg.num_frames, size, size, None))
         return {"video": video, "label": ex["label"]}
 
-    ds = ds.enumerate().map(augment, num_parallel_calls=AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=True)
-    return _deterministic(ds.prefetch(data_cfg.prefetch))
+    return example_batches(
+        data_cfg,
+        data_cfg.train_split,
+        augment,
+        batch_size=batch_size,
+        seed=seed,
+        stream=0,
+        process_index=process_index,
+        process_count=process_count,
+    )
 
 
 def eval_views(
@@ -511,11 +587,11 @@ def eval_dataset(
       "mask": bool (b,)}, V = eval_num_clips * eval_num_crops.
     """
     builder = load_builder(data_cfg)
-    split, shares = _process_share(data_cfg.eval_split, process_index, process_count)
+    split, shares = process_share(data_cfg.eval_split, process_index, process_count)
     sizes = [builder.info.splits[share].num_examples for share in shares]
     num_batches = math.ceil(max(sizes) / batch_size)
     num_local = builder.info.splits[split].num_examples
-    ds = _read(builder, split, data_cfg, keep_encoded=_stored_frames(builder, data_cfg) is not None)
+    ds = _read(builder, split, data_cfg, keep_encoded=stored_frames(builder, data_cfg) is not None)
     if data_cfg.cache:
         ds = ds.cache()
     ds = ds.map(

@@ -16,7 +16,6 @@ supervised training; labels of the dataset are never read by the tasks.
 
 from __future__ import annotations
 
-import jax
 import ml_collections
 import tensorflow as tf
 from absl import logging
@@ -45,14 +44,19 @@ def gather_frames(video: tf.Tensor, start, num_frames: int, stride) -> tf.Tensor
     return tf.gather(video, index % tf.shape(video)[0])
 
 
-def _crop(frames: tf.Tensor, seed, data_cfg, scale=None, aspect=None) -> tf.Tensor:
-    """Random resized crop (one box for all frames) to ``crop_size``: float32 in [0, 255]."""
-    return pipeline.random_resized_crop(
+def _crop(frames: tf.Tensor, seed, data_cfg, scale=None, aspect=None, encoding=None) -> tf.Tensor:
+    """Random resized crop (one box for all frames) to ``crop_size``: float32 in [0, 255].
+
+    ``frames`` are the sampled ones: uint8, or still-encoded strings (``encoding``
+    "jpeg" or "png": :func:`pretext_dataset` keeps them so), decoded here and only here.
+    """
+    return pipeline.crop_clip(
         frames,
         size=data_cfg.crop_size,
         scale=tuple(scale if scale is not None else data_cfg.train_scale),
         aspect_ratio=tuple(aspect if aspect is not None else data_cfg.train_aspect_ratio),
         seed=seed,
+        encoding=encoding,
     )
 
 
@@ -118,10 +122,11 @@ def strong_augment(
     gray_prob: float,
     blur_prob: float = 0.0,
     solarize_prob: float = 0.0,
+    encoding: str | None = None,
 ) -> tf.Tensor:
     """Contrastive-learning augmentation, temporally consistent: float [0, 1] clip."""
     seeds = tf.random.experimental.stateless_split(seed, 8)
-    x = _crop(frames, seeds[0], data_cfg, scale, aspect) / 255.0
+    x = _crop(frames, seeds[0], data_cfg, scale, aspect, encoding) / 255.0
     if data_cfg.random_flip:
         x = pipeline.random_flip(x, seed=seeds[1])
     x = _maybe(seeds[2], jitter_prob, lambda v: color_jitter(v, seeds[3], jitter), x)
@@ -131,10 +136,10 @@ def strong_augment(
     return _maybe(seeds[7], solarize_prob, solarize, x)
 
 
-def _plain(frames: tf.Tensor, seed, data_cfg) -> tf.Tensor:
+def _plain(frames: tf.Tensor, seed, data_cfg, encoding=None) -> tf.Tensor:
     """The supervised augmentation (crop, optional flip): float [0, 1] clip."""
     s_crop, s_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    x = _crop(frames, s_crop, data_cfg) / 255.0
+    x = _crop(frames, s_crop, data_cfg, encoding=encoding) / 255.0
     if data_cfg.random_flip:
         x = pipeline.random_flip(x, seed=s_flip)
     return x
@@ -151,18 +156,18 @@ _NO_LABEL = tf.zeros([1], tf.int32)  # Contrastive tasks: a placeholder label.
 # ------------------------------------------------------------------------ tasks
 
 
-def rotnet_views(video, seed, data_cfg, pretext_cfg, task):
+def rotnet_views(video, seed, data_cfg, pretext_cfg, task, encoding=None):
     """One clip, cropped once, in all K rotations (views), labels 0..K-1."""
     s_time, s_aug = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     clip = pipeline.sample_clip(
         video, num_frames=task.num_frames, stride=data_cfg.frame_stride, seed=s_time
     )
-    clip = _plain(clip, s_aug, data_cfg)
+    clip = _plain(clip, s_aug, data_cfg, encoding)
     views = tf.stack([tf.image.rot90(clip, k) for k in range(task.num_classes)])
     return views, tf.range(task.num_classes, dtype=tf.int32)
 
 
-def prp_views(video, seed, data_cfg, pretext_cfg, task):
+def prp_views(video, seed, data_cfg, pretext_cfg, task, encoding=None):
     """One clip at a uniformly drawn playback rate (dilation); label = the rate's index."""
     s_rate, s_time, s_aug = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     rates = tf.constant(prp.RATES[int(pretext_cfg.complexity)], tf.int32)
@@ -170,7 +175,7 @@ def prp_views(video, seed, data_cfg, pretext_cfg, task):
     rate = rates[label]
     span = (task.num_frames - 1) * rate + 1
     start = _uniform_int(s_time, tf.shape(video)[0] - span + 1)
-    clip = _plain(gather_frames(video, start, task.num_frames, rate), s_aug, data_cfg)
+    clip = _plain(gather_frames(video, start, task.num_frames, rate), s_aug, data_cfg, encoding)
     return clip[None], label[None]
 
 
@@ -181,7 +186,7 @@ def vcop_span(pretext_cfg, complexity: int) -> int:
     return n * clip_span + (n - 1) * int(c.interval)
 
 
-def vcop_views(video, seed, data_cfg, pretext_cfg, task):
+def vcop_views(video, seed, data_cfg, pretext_cfg, task, encoding=None):
     """N ordered sub-clips, each with its own crop, shuffled; label = permutation index."""
     c = pretext_cfg.vcop
     n = task.num_views
@@ -200,6 +205,7 @@ def vcop_views(video, seed, data_cfg, pretext_cfg, task):
                 ),
                 seeds[2 + i],
                 data_cfg,
+                encoding,
             )
             for i in range(n)
         ]
@@ -209,7 +215,7 @@ def vcop_views(video, seed, data_cfg, pretext_cfg, task):
     return tf.gather(clips, table[label]), label[None]
 
 
-def rspnet_views(video, seed, data_cfg, pretext_cfg, task):
+def rspnet_views(video, seed, data_cfg, pretext_cfg, task, encoding=None):
     """q (window 1, speed s), k (window 2, speed s), k_neg (window 2, other speed)."""
     c = pretext_cfg.rspnet
     seeds = tf.random.experimental.stateless_split(seed, 5)
@@ -230,16 +236,25 @@ def rspnet_views(video, seed, data_cfg, pretext_cfg, task):
         gray_prob=float(c.grayscale_prob),
     )
     q = strong_augment(
-        gather_frames(video, start1, task.num_frames, speed_q * stride), seeds[3], data_cfg, **aug
+        gather_frames(video, start1, task.num_frames, speed_q * stride),
+        seeds[3],
+        data_cfg,
+        encoding=encoding,
+        **aug,
     )
     # k and k_neg: the same window and the same augmentation, two speeds.
     k = strong_augment(
-        gather_frames(video, start2, task.num_frames, speed_q * stride), seeds[4], data_cfg, **aug
+        gather_frames(video, start2, task.num_frames, speed_q * stride),
+        seeds[4],
+        data_cfg,
+        encoding=encoding,
+        **aug,
     )
     k_neg = strong_augment(
         gather_frames(video, start2, task.num_frames, speed_neg * stride),
         seeds[4],
         data_cfg,
+        encoding=encoding,
         **aug,
     )
     return tf.stack([q, k, k_neg]), _NO_LABEL
@@ -266,7 +281,7 @@ def cvrl_interval(seed, max_offset, power: float) -> tf.Tensor:
     return tf.minimum(tf.cast(tf.floor(x * m), tf.int32), tf.maximum(max_offset - 1, 0))
 
 
-def cvrl_views(video, seed, data_cfg, pretext_cfg, task):
+def cvrl_views(video, seed, data_cfg, pretext_cfg, task, encoding=None):
     """Two clips ``d`` frames apart (decreasing distribution), strongly augmented each."""
     c = pretext_cfg.cvrl
     seeds = tf.random.experimental.stateless_split(seed, 5)
@@ -292,6 +307,7 @@ def cvrl_views(video, seed, data_cfg, pretext_cfg, task):
         data_cfg,
         blur_prob=float(c.blur_prob[0]),
         solarize_prob=float(c.solarize_prob[0]),
+        encoding=encoding,
         **common_aug,
     )
     v2 = strong_augment(
@@ -300,6 +316,7 @@ def cvrl_views(video, seed, data_cfg, pretext_cfg, task):
         data_cfg,
         blur_prob=float(c.blur_prob[1]),
         solarize_prob=float(c.solarize_prob[1]),
+        encoding=encoding,
         **common_aug,
     )
     return tf.stack([v1, v2]), _NO_LABEL
@@ -320,7 +337,7 @@ def tdl_starts(seed, length, span: int, min_gap: int) -> tuple[tf.Tensor, tf.Ten
     return start_a, start_n
 
 
-def tdl_views(video, seed, data_cfg, pretext_cfg, task):
+def tdl_views(video, seed, data_cfg, pretext_cfg, task, encoding=None):
     """anchor (mixed with a static frame), positive (same frames), negative (other time)."""
     c = pretext_cfg.tdl
     seeds = tf.random.experimental.stateless_split(seed, 6)
@@ -335,14 +352,18 @@ def tdl_views(video, seed, data_cfg, pretext_cfg, task):
         gray_prob=0.0,
     )
     frames_a = gather_frames(video, start_a, task.num_frames, stride)
-    anchor = strong_augment(frames_a, seeds[1], data_cfg, **aug)
+    anchor = strong_augment(frames_a, seeds[1], data_cfg, encoding=encoding, **aug)
     # Temporal consistency augmentation: mix every frame with one static frame.
     lam = _uniform(seeds[4], 0.0, float(c.mixup_max))
     static = anchor[_uniform_int(seeds[5], task.num_frames)]
     anchor = (1.0 - lam) * anchor + lam * static[None]
-    positive = strong_augment(frames_a, seeds[2], data_cfg, **aug)
+    positive = strong_augment(frames_a, seeds[2], data_cfg, encoding=encoding, **aug)
     negative = strong_augment(
-        gather_frames(video, start_n, task.num_frames, stride), seeds[3], data_cfg, **aug
+        gather_frames(video, start_n, task.num_frames, stride),
+        seeds[3],
+        data_cfg,
+        encoding=encoding,
+        **aug,
     )
     return tf.stack([anchor, positive, negative]), _NO_LABEL
 
@@ -403,8 +424,6 @@ def pretext_dataset(
       ``{"views": float32 (b, V, F, S, S, 3), "label": int32 (b, L)}``.
     """
     builder = pipeline.load_builder(data_cfg)
-    share, shares = pipeline._process_share(split, process_index, process_count)
-    process_index = jax.process_index() if process_index is None else process_index
     length = builder.info.features[data_cfg.video_key].shape[0]
     needed = frames_needed(data_cfg, pretext_cfg, task)
     if length is not None and length < needed:
@@ -416,28 +435,31 @@ def pretext_dataset(
             builder.info.full_name,
             length,
         )
-    ds = pipeline._read(builder, share, data_cfg)
-    if data_cfg.cache:
-        ds = ds.cache()
-    if train:
-        ds = ds.shuffle(data_cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        ds = ds.repeat()
-    base_seed = tf.random.experimental.stateless_fold_in(
-        tf.constant([seed, 1], tf.int64), process_index
-    )
     make_views = VIEWS[task.name]
     size = int(data_cfg.crop_size)
 
-    def sample(index, ex):
-        example_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-        views, label = make_views(ex["video"], example_seed, data_cfg, pretext_cfg, task)
+    def sample(ex, example_seed, encoding):
+        # Frames stay encoded until the task has chosen its clips (see `_crop`).
+        views, label = make_views(
+            ex["video"], example_seed, data_cfg, pretext_cfg, task, encoding=encoding
+        )
         views = _normalize(tf.cast(views, tf.float32), data_cfg)
         views = tf.ensure_shape(views, (task.num_views, task.num_frames, size, size, 3))
         return {"views": views, "label": label}
 
-    ds = ds.enumerate().map(sample, num_parallel_calls=AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = pipeline.example_batches(
+        data_cfg,
+        split,
+        sample,
+        batch_size=batch_size,
+        seed=seed,
+        stream=1,
+        train=train,
+        process_index=process_index,
+        process_count=process_count,
+    )
     if not train:
+        _, shares = pipeline.process_share(split, process_index, process_count)
         sizes = [builder.info.splits[s].num_examples for s in shares]
         num_batches = min(sizes) // batch_size
         if num_batches == 0:
@@ -446,7 +468,7 @@ def pretext_dataset(
                 f"of {batch_size}: lower train.eval_batch_size"
             )
         ds = ds.take(num_batches)
-    return pipeline._deterministic(ds.prefetch(data_cfg.prefetch))
+    return ds
 
 
 def chance_accuracy(task: common.TaskSpec, global_batch: int) -> float:
