@@ -6,7 +6,6 @@ References written here, independently of the library's U-centering:
 - Song et al. 2012 / Nguyen et al. 2021, Eq. 3: the unbiased HSIC_1 with the diagonal-free K~.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -288,95 +287,6 @@ def test_nearly_empty_masked_batch_adds_nothing(valid):
     after = cka.minibatch_cka_update(state, fa, fa, mask=np.arange(8) < valid)
     for got, want in zip(after, state):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-
-
-# ------------------------------------------------------------------------------ maps, plots
-
-
-def test_default_layers_order():
-    feats = {
-        "pre_logits": 0,
-        "stage10": 0,
-        "stage2": 0,
-        "logits_extra": 0,
-        "stem": 0,
-        "block1": 0,
-        "stage1": 0,
-    }
-    assert cka.default_layers(feats) == ["stem", "block1", "pre_logits"]
-    del feats["block1"]
-    assert cka.default_layers(feats) == ["stem", "stage1", "stage2", "stage10", "pre_logits"]
-
-
-def _toy_model(seed):
-    w1, w2 = np.random.default_rng(seed).normal(size=(2, 3, 3)).astype(np.float32)
-
-    @jax.jit
-    def apply(video):
-        stem = jnp.tanh(video @ w1)  # (B, T, H, W, 3)
-        stage1 = jnp.tanh(stem @ w2)
-        return {
-            "stem": stem,
-            "stage1": stage1,
-            "pre_logits": stage1.mean(axis=(1, 2, 3)),
-            "ignored": video,
-        }
-
-    return apply
-
-
-def test_cka_map_on_toy_models():
-    rng = np.random.default_rng(9)
-    videos = rng.normal(size=(3, 16, 2, 4, 4, 3)).astype(np.float32)
-    mask = np.ones((3, 16), bool)
-    mask[2, 10:] = False  # A padded last batch.
-    batches = [{"video": v, "mask": m} for v, m in zip(videos, mask)]
-    apply_a, apply_b = _toy_model(0), _toy_model(1)
-
-    got = cka.cka_map(apply_a, apply_b, batches, kernel="linear", unbiased=True)
-    layers = ["stem", "stage1", "pre_logits"]
-    assert got.shape == (3, 3)
-    # Reference: Eq. 2-3 of Nguyen et al. with NumPy HSIC_1 on the valid examples of each batch.
-    sxy, sxx, syy = np.zeros((3, 3)), np.zeros(3), np.zeros(3)
-    for batch in batches:
-        keep = batch["mask"]
-        fa, fb = apply_a(batch["video"]), apply_b(batch["video"])
-        ka = [np_gram_linear(np.asarray(fa[k], np.float64)[keep]) for k in layers]
-        kb = [np_gram_linear(np.asarray(fb[k], np.float64)[keep]) for k in layers]
-        sxy += [[np_hsic1(k, lm) for lm in kb] for k in ka]
-        sxx += [np_hsic1(k, k) for k in ka]
-        syy += [np_hsic1(lm, lm) for lm in kb]
-    np.testing.assert_allclose(got, sxy / np.sqrt(sxx[:, None] * syy[None, :]), atol=2e-4)
-
-    own = cka.cka_self_map(apply_a, batches, ["stage1", "stem"], kernel="rbf")
-    assert own.shape == (2, 2)
-    np.testing.assert_allclose(np.diag(own), 1.0, atol=1e-5)
-    np.testing.assert_allclose(own, own.T, atol=1e-6)
-    # num_examples stops early: only the first batch is read.
-    first = cka.cka_map(apply_a, apply_b, batches, layers, layers, num_examples=16)
-    only = cka.cka_map(apply_a, apply_b, batches[:1], layers, layers)
-    np.testing.assert_allclose(first, only, atol=1e-6)
-
-
-def test_plot_and_json(tmp_path):
-    rng = np.random.default_rng(10)
-    names = ["stem", "stage1", "stage2", "pre_logits"]
-    maps = {
-        "teacher_r21d": (rng.uniform(size=(4, 4)), names, names),
-        "student": (rng.uniform(size=(4, 3)), names, names[:3]),
-    }
-    png = tmp_path / "cka.png"
-    cka.plot_cka_maps([(v, r, c, t) for t, (v, r, c) in maps.items()], png)
-    assert png.stat().st_size > 1000
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    path = tmp_path / "cka.json"
-    cka.save_cka_json(path, maps)
-    data = json.loads(path.read_text())
-    assert data["student"]["cols"] == names[:3]
-    back = cka.load_cka_json(path)
-    np.testing.assert_allclose(back["teacher_r21d"][0], maps["teacher_r21d"][0])
-    with pytest.raises(ValueError, match="labels"):
-        cka.plot_cka_maps([(np.zeros((2, 2)), names, names, "bad")], tmp_path / "bad.png")
 
 
 # ------------------------------------------------------------------------------------ mesh

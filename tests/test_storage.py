@@ -92,7 +92,7 @@ def test_savefig_writes_a_png_to_a_bucket(fake_gcs):
 def test_stage_files_land_in_the_bucket(fake_gcs):
     """What stages write besides checkpoints (results, eval summary, metric history,
     CKA maps, model metadata) with a gs:// workdir, read back by the same code."""
-    from vkd_jax import checkpoint, cka, evaluation, experiment, mechanism
+    from vkd_jax import checkpoint, cka_maps, evaluation, experiment, mechanism
 
     workdir = "gs://bucket/runs/k400"
     storage.makedirs(workdir)
@@ -109,8 +109,8 @@ def test_stage_files_land_in_the_bucket(fake_gcs):
         {"step": 20, "loss": 0.5},
     ]
     maps = {"student": (np.eye(2), ["a", "b"], ["a", "b"])}
-    cka.save_cka_json(f"{workdir}/cka/maps.json", maps)
-    loaded = cka.load_cka_json(f"{workdir}/cka/maps.json")
+    cka_maps.save_cka_json(f"{workdir}/cka/maps.json", maps)
+    loaded = cka_maps.load_cka_json(f"{workdir}/cka/maps.json")
     np.testing.assert_array_equal(loaded["student"][0], np.eye(2))
     model = f"{workdir}/student_distill/model"
     with pytest.raises(checkpoint.CheckpointError, match="not found"):

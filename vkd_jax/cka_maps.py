@@ -1,4 +1,10 @@
-"""Layer-by-layer CKA maps of a finished experiment's models (``mode=cka``, end of ``experiment``).
+"""CKA maps over models: running them on batches of video, drawing and storing them.
+
+The maths (kernels, HSIC, streaming minibatch CKA, the block-structure score) is
+:mod:`vkd_jax.cka`. Here: :func:`cka_map` / :func:`cka_self_map` of models' feature
+functions over batches, figures (:func:`plot_cka_maps`, :func:`plot_cka_grid`) and
+JSON (:func:`save_cka_json`, :func:`load_cka_json`), and the maps of a finished
+experiment's models (``mode=cka``, end of ``experiment``):
 
 Self maps of each teacher and student (block structure = redundant layers, as
 read in the ensemble-distillation study's Fig. 1) and cross maps of each
@@ -10,14 +16,244 @@ Writes ``<workdir>/cka/self_maps.png``, ``cross_maps.png`` and ``cka.json``.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
 from vkd_jax import checkpoint, cka, sharding, storage
 from vkd_jax.data import pipeline
+
+# ------------------------------------------------------------------------------------ maps
+
+_LAYER_GROUPS = (
+    re.compile(r"^stem$"),
+    re.compile(r"^stage\d+$"),
+    re.compile(r"^block\d+$"),
+    re.compile(r"^pre_logits$"),
+)
+
+
+def default_layers(features: Mapping[str, Any]) -> list[str]:
+    """Layers of a model's features dict for a CKA map: stem, stage* or block*, pre_logits.
+
+    Transformers return ``block<i>`` and ``stage<k>`` (an alias of the last block
+    of each stage); their maps use the blocks only.
+
+    Args:
+      features: the features dict a model returns (docs/design.md, "Contracts").
+
+    Returns:
+      The matching keys in network order (stages and blocks in numeric order).
+    """
+
+    def number(key: str) -> int:
+        digits = re.findall(r"\d+", key)
+        return int(digits[0]) if digits else 0
+
+    layers = []
+    has_blocks = any(_LAYER_GROUPS[2].match(k) for k in features)
+    for pattern in _LAYER_GROUPS:
+        if has_blocks and pattern is _LAYER_GROUPS[1]:
+            continue  # Transformers' stage<k> are aliases of block outputs: list each layer once.
+        layers += sorted((k for k in features if pattern.match(k)), key=number)
+    return layers
+
+
+def _run_map(
+    apply_a: Callable[[jax.Array], Mapping[str, jax.Array]],
+    apply_b: Callable[[jax.Array], Mapping[str, jax.Array]] | None,
+    batches: Iterable[Mapping[str, Any]],
+    layers_a: Sequence[str] | None,
+    layers_b: Sequence[str] | None,
+    kernel: str,
+    threshold: float,
+    unbiased: bool,
+    num_examples: int | None,
+) -> tuple[np.ndarray, list[str], list[str]]:
+    if kernel not in cka.KERNELS:
+        raise ValueError(f"Unknown CKA kernel {kernel!r}; expected one of {cka.KERNELS}.")
+    state, seen = None, 0
+    for batch in batches:
+        if num_examples is not None and seen >= num_examples:
+            break
+        video = batch["video"]
+        seen += video.shape[0]
+        fa = apply_a(video)
+        layers_a = list(default_layers(fa) if layers_a is None else layers_a)
+        if apply_b is None:
+            fb_list, layers_b = None, layers_a
+        else:
+            fb = apply_b(video)
+            layers_b = list(default_layers(fb) if layers_b is None else layers_b)
+            fb_list = [fb[k] for k in layers_b]
+        if state is None:
+            state = cka.minibatch_cka_init(len(layers_a), len(layers_b))
+        state = cka.minibatch_cka_update(
+            state,
+            [fa[k] for k in layers_a],
+            fb_list,
+            kernel=kernel,
+            threshold=threshold,
+            unbiased=unbiased,
+            mask=batch.get("mask"),
+        )
+    if state is None:
+        raise ValueError("cka_map got no batches.")
+    # The only device-to-host transfer: the finished (La, Lb) map.
+    return np.asarray(cka.minibatch_cka_result(state)), layers_a, layers_b
+
+
+def cka_map(
+    apply_a: Callable[[jax.Array], Mapping[str, jax.Array]],
+    apply_b: Callable[[jax.Array], Mapping[str, jax.Array]],
+    batches: Iterable[Mapping[str, Any]],
+    layers_a: Sequence[str] | None = None,
+    layers_b: Sequence[str] | None = None,
+    *,
+    kernel: str = "linear",
+    threshold: float = 1.0,
+    unbiased: bool = True,
+    num_examples: int | None = None,
+) -> np.ndarray:
+    """Layer-by-layer minibatch CKA map between two models (Nguyen et al. 2021, Fig. 1).
+
+    Args:
+      apply_a: ``video -> features dict`` of model a (e.g. a jitted
+        ``lambda v: model.apply(variables, v, train=False)[1]``); features stay on device.
+      apply_b: the same for model b.
+      batches: iterable of dicts with "video" (B, T, H, W, C) and optionally "mask" (B,); entries
+        with mask 0 (padding of the last batch) drop out of the estimate exactly.
+      layers_a: feature keys of model a (rows); None = default_layers of its features.
+      layers_b: feature keys of model b (columns); None = default_layers.
+      kernel: "linear" or "rbf".
+      threshold: RBF bandwidth as a fraction of the median distance.
+      unbiased: minibatch ``HSIC_1`` (the published estimator) or the biased ``HSIC_0``.
+      num_examples: stop once this many examples (padding included) were read; None = all.
+
+    Returns:
+      (La, Lb) float array of CKA values.
+    """
+    return _run_map(
+        apply_a, apply_b, batches, layers_a, layers_b, kernel, threshold, unbiased, num_examples
+    )[0]
+
+
+def cka_self_map(
+    apply: Callable[[jax.Array], Mapping[str, jax.Array]],
+    batches: Iterable[Mapping[str, Any]],
+    layers: Sequence[str] | None = None,
+    *,
+    kernel: str = "linear",
+    threshold: float = 1.0,
+    unbiased: bool = True,
+    num_examples: int | None = None,
+) -> np.ndarray:
+    """CKA map of a model's layers against themselves (block structure = redundant layers).
+
+    Args and returns as in cka_map with model b = model a; the forward pass and the Grams are
+    computed once per minibatch.
+    """
+    return _run_map(apply, None, batches, layers, None, kernel, threshold, unbiased, num_examples)[
+        0
+    ]
+
+
+# --------------------------------------------------------------------------- plots and JSON
+
+
+def plot_cka_maps(
+    maps: Sequence[tuple[np.ndarray, Sequence[str], Sequence[str], str]],
+    path: str | os.PathLike,
+    *,
+    cmap: str = "magma",
+) -> None:
+    """Writes CKA maps side by side as one PNG (as in Fig. 1 of the ensemble-distillation study).
+
+    Args:
+      maps: (map (La, Lb), row layer names (La), column layer names (Lb), title) per panel; the
+        first layer is at the bottom left, as in Kornblith et al. and Nguyen et al.
+      path: output PNG path.
+      cmap: matplotlib colormap; the color scale is [0, 1] on every panel.
+    """
+    plot_cka_grid([maps], path, cmap=cmap)
+
+
+def plot_cka_grid(
+    grid: Sequence[Sequence[tuple[np.ndarray, Sequence[str], Sequence[str], str]]],
+    path: str | os.PathLike,
+    *,
+    cmap: str = "magma",
+) -> None:
+    """Writes rows of CKA map panels as one PNG (one row per ensemble, say).
+
+    Args:
+      grid: rows of panels, each panel as in :func:`plot_cka_maps`; rows may differ in length.
+      path: output PNG path.
+      cmap: matplotlib colormap; the color scale is [0, 1] on every panel.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not grid or not all(grid):
+        raise ValueError("plot_cka_maps needs at least one map in every row.")
+    cols = max(len(r) for r in grid)
+    fig, axes = plt.subplots(
+        len(grid),
+        cols,
+        figsize=(4.4 * cols + 0.8, 4.6 * len(grid)),
+        squeeze=False,
+        layout="constrained",
+    )
+    image = None
+    for ax_row, maps in zip(axes, grid):
+        for ax in ax_row[len(maps) :]:
+            ax.axis("off")
+        for ax, (values, rows, cols_, title) in zip(ax_row, maps):
+            values = np.asarray(values, dtype=np.float64)
+            if values.shape != (len(rows), len(cols_)):
+                raise ValueError(
+                    f"Map {title!r} is {values.shape}; labels give {len(rows)}x{len(cols_)}."
+                )
+            image = ax.imshow(values, origin="lower", vmin=0.0, vmax=1.0, cmap=cmap, aspect="auto")
+            ax.set_title(title, fontsize=9 if len(title) > 40 else 11)
+            ax.set_xticks(range(len(cols_)), cols_, rotation=90, fontsize=7)
+            ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="CKA", shrink=0.9)
+    storage.savefig(fig, path, dpi=100 if len(grid) > 2 else 120)
+    plt.close(fig)
+
+
+def save_cka_json(
+    path: str | os.PathLike,
+    maps: Mapping[str, tuple[np.ndarray, Sequence[str], Sequence[str]]],
+) -> None:
+    """Writes CKA maps as JSON: ``{name: {"rows": [...], "cols": [...], "cka": [[...]]}}``.
+
+    Args:
+      path: output JSON path.
+      maps: name -> (map (La, Lb), row layer names, column layer names).
+    """
+    out = {}
+    for name, (values, rows, cols) in maps.items():
+        values = np.asarray(values, dtype=np.float64)
+        out[name] = {"rows": list(rows), "cols": list(cols), "cka": values.tolist()}
+    storage.write_json(path, out, indent=1)
+
+
+def load_cka_json(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, list[str], list[str]]]:
+    """Reads maps written by save_cka_json: name -> (map, row names, column names)."""
+    data = storage.read_json(path)
+    return {k: (np.asarray(v["cka"]), v["rows"], v["cols"]) for k, v in data.items()}
+
+
+# ------------------------------------------------------------------- experiment maps
 
 # Stage directories of an experiment workdir, in the order the maps are shown.
 _ORDER = ("teacher_vit", "teacher_cnn", "student_scratch", "student_distill")
@@ -99,12 +335,12 @@ def model_self_maps(config: ml_collections.ConfigDict, paths: dict[str, str]) ->
     t, c = config.data.num_frames, config.data.crop_size
     sample = jax.ShapeDtypeStruct((2, t, c, c, 3), jax.numpy.float32)
     shapes = jax.eval_shape(features, all_variables, sample)
-    layers = {name: cka.default_layers(shapes[name]) for name in modules}
+    layers = {name: default_layers(shapes[name]) for name in modules}
     joint = [f"{name}/{layer}" for name in modules for layer in layers[name]]
     logging.info(
         "CKA maps of %s: %d layers, one pass over the eval split", list(modules), len(joint)
     )
-    values = cka.cka_self_map(
+    values = cka_self_map(
         joint_features,
         batches(),
         joint,
@@ -140,12 +376,12 @@ def experiment_maps(
     files = []
     if jax.process_index() == 0:
         files.append(os.path.join(outdir, "self_maps.png"))
-        cka.plot_cka_maps([(v, r, c, n) for n, (v, r, c) in self_maps.items()], files[-1])
+        plot_cka_maps([(v, r, c, n) for n, (v, r, c) in self_maps.items()], files[-1])
         if cross_maps:
             files.append(os.path.join(outdir, "cross_maps.png"))
-            cka.plot_cka_maps([(v, r, c, n) for n, (v, r, c) in cross_maps.items()], files[-1])
+            plot_cka_maps([(v, r, c, n) for n, (v, r, c) in cross_maps.items()], files[-1])
         files.append(os.path.join(outdir, "cka.json"))
-        cka.save_cka_json(
+        save_cka_json(
             files[-1], {**{f"{n} (self)": m for n, m in self_maps.items()}, **cross_maps}
         )
     return {

@@ -222,7 +222,7 @@ def row_maps(config, workdir: str, row_name: str, row, teachers, student_dir, sc
     storage.makedirs(outdir)
     json_path = os.path.join(outdir, f"{row_name}.json")
     if storage.isfile(json_path):
-        maps = cka.load_cka_json(json_path)
+        maps = cka_maps.load_cka_json(json_path)
     else:
         paths = {n: teachers[n]["checkpoint"] for n, _ in ordered(row.teachers)}
         paths["student"] = student_dir
@@ -230,8 +230,8 @@ def row_maps(config, workdir: str, row_name: str, row, teachers, student_dir, sc
         maps = dict(cka_maps.model_self_maps(config, paths))
         if jax.process_index() == 0:
             panels = [(v, r, c, _panel_title(n, row)) for n, (v, r, c) in maps.items()]
-            cka.plot_cka_maps(panels, os.path.join(outdir, f"{row_name}.png"))
-            cka.save_cka_json(json_path, maps)
+            cka_maps.plot_cka_maps(panels, os.path.join(outdir, f"{row_name}.png"))
+            cka_maps.save_cka_json(json_path, maps)
     e = config.ensemble
     return {
         n: dict(
@@ -348,17 +348,17 @@ def _stage_seconds(teachers, workdir) -> float:
 
 def _figure(config, workdir: str) -> None:
     """All rows' CKA maps in one figure, a row of panels per ensemble (the study's Fig. 1)."""
-    from vkd_jax import cka
+    from vkd_jax import cka_maps
 
     grid = []
     for row_name, row in ordered(config.ensemble.rows):
         path = os.path.join(workdir, "cka", f"{row_name}.json")
-        maps = cka.load_cka_json(path)
+        maps = cka_maps.load_cka_json(path)
         grid.append(
             [(v, r, c, f"{row.title}\n{_panel_title(n, row)}")
              for n, (v, r, c) in maps.items()]
         )  # fmt: skip
-    cka.plot_cka_grid(grid, os.path.join(workdir, f"{config.ensemble.analysis}_cka.png"))
+    cka_maps.plot_cka_grid(grid, os.path.join(workdir, f"{config.ensemble.analysis}_cka.png"))
 
 
 # ---------------------------------------------------------------------------- verdicts
