@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from vkd_jax import export  # noqa: E402
+from vkd_jax import runtime  # noqa: E402
 
 _FORMAT_ORDER = ("saved_model", "tflite", "onnx", "tflite_int8")
 
@@ -35,23 +35,23 @@ class Predictor:
     """A model (Flax or exported) with the sampling it was evaluated with.
 
     Attributes:
-      prep: :func:`vkd_jax.export.preprocessing` fields (sampling, class names).
+      prep: :func:`vkd_jax.runtime.preprocessing` fields (sampling, class names).
       source: what was loaded, for messages.
     """
 
     def __init__(self, model: str, *, fmt: str = "", num_threads: int | None = None):
         model = os.path.abspath(model)
         self.source = model
-        if os.path.isfile(os.path.join(model, export.EXPORT_FILE)) and not os.path.isfile(
+        if os.path.isfile(os.path.join(model, runtime.EXPORT_FILE)) and not os.path.isfile(
             os.path.join(model, "saved_model.pb")
         ):
-            report = _read_json(os.path.join(model, export.EXPORT_FILE))
+            report = _read_json(os.path.join(model, runtime.EXPORT_FILE))
             fmt = fmt or next((f for f in _FORMAT_ORDER if f in report["formats"]), "")
             if fmt not in report["formats"]:
-                raise export.ExportError(
+                raise runtime.ExportError(
                     f"{model} has no {fmt!r} export; it has {sorted(report['formats'])}"
                 )
-            self.source = os.path.join(model, export.FILES[fmt])
+            self.source = os.path.join(model, runtime.FILES[fmt])
             self._init_artifact(self.source, report, num_threads)
         elif os.path.isfile(os.path.join(model, "vkd_model.json")):
             self._init_flax(model)
@@ -65,14 +65,14 @@ class Predictor:
         from vkd_jax import checkpoint
 
         module, variables, meta = checkpoint.load_model(path, what="--model")
-        self.prep = export.preprocessing(meta)
-        fn = jax.jit(export.logits_fn(module, variables, self.prep))
+        self.prep = runtime.preprocessing(meta)
+        fn = jax.jit(runtime.logits_fn(module, variables, self.prep))
         self._run = lambda pixels: np.asarray(fn(variables, pixels))
         self._run.batch_size = None
 
     def _init_artifact(self, path: str, report: dict, num_threads: int | None) -> None:
         self.prep = report["preprocessing"]
-        self._run = export.load_runner(path, num_threads=num_threads)
+        self._run = runtime.load_runner(path, num_threads=num_threads)
 
     def views(self, path: str) -> np.ndarray:
         """The evaluation views of one video file: float32 pixels ``(V, T, S, S, 3)``."""
@@ -100,7 +100,7 @@ class Predictor:
         """Class probabilities of one video file (its views' softmax scores averaged)."""
         from vkd_jax import evaluation
 
-        logits = export.run_batched(self._run, self.views(path))
+        logits = runtime.run_batched(self._run, self.views(path))
         return np.asarray(evaluation.multiview_predictions(logits[None]))[0]
 
     def top(self, path: str, k: int = 5) -> list[tuple[str, float]]:
@@ -119,14 +119,14 @@ def _report_beside(path: str) -> dict:
     """``vkd_export.json`` of an artifact: in its folder (or the SavedModel's parent)."""
     here = path if os.path.isdir(path) else os.path.dirname(path)
     for folder in (here, os.path.dirname(here)):
-        candidate = os.path.join(folder, export.EXPORT_FILE)
+        candidate = os.path.join(folder, runtime.EXPORT_FILE)
         if os.path.isfile(candidate):
             return _read_json(candidate)
     if not os.path.exists(path):
         raise FileNotFoundError(f"--model {path}: no such file or folder")
-    raise export.ExportError(
+    raise runtime.ExportError(
         f"--model {path}: not a vkd_jax model directory (vkd_model.json) and no "
-        f"{export.EXPORT_FILE} beside it (export with mode=export, which writes one)"
+        f"{runtime.EXPORT_FILE} beside it (export with mode=export, which writes one)"
     )
 
 
@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--format",
         default="",
-        choices=("", *export.FORMATS),
+        choices=("", *runtime.FORMATS),
         help="artifact of an export folder (default: saved_model)",
     )
     parser.add_argument("--top", type=int, default=5, help="classes printed per video")
@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         predictor = Predictor(args.model, fmt=args.format, num_threads=args.threads)
-    except (export.ExportError, FileNotFoundError, ValueError) as e:
+    except (runtime.ExportError, FileNotFoundError, ValueError) as e:
         print(f"vkd_jax.predict: error: {e}", file=sys.stderr)
         return 2
 
