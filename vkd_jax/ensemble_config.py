@@ -14,7 +14,7 @@ from typing import Any
 
 import ml_collections
 
-from vkd_jax.config_lib import ConfigError
+from vkd_jax.errors import ConfigError
 
 # The study's four analyses: the table's title and the inference it tests.
 ANALYSES: Mapping[str, dict[str, str]] = {
