@@ -42,10 +42,10 @@ import numpy as np  # noqa: E402
 
 from vkd_jax import (  # noqa: E402
     checkpoint,
-    evaluation,
     models,
     reporting,
     residual_fit,
+    sharding,
     storage,
     train_step,
 )
@@ -164,7 +164,7 @@ def clip_logits(config, split, modules: dict, variables: dict) -> tuple[dict, np
         keep = np.repeat(batch["mask"].astype(bool), nv)
         flat = jnp.asarray(video.reshape((b * nv, *video.shape[2:])))
         for n, f in fns.items():
-            out[n].append(evaluation._to_host(f(variables[n], flat)).astype(np.float32)[keep])
+            out[n].append(sharding.to_host(f(variables[n], flat)).astype(np.float32)[keep])
         labels.append(np.repeat(batch["label"], nv)[keep])
     return {n: np.concatenate(v) for n, v in out.items()}, np.concatenate(labels)
 

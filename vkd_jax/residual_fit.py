@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vkd_jax import evaluation, storage
+from vkd_jax import sharding, storage
 from vkd_jax.losses import objective, sdd
 
 MAP_FILE = "sdd_residual_map.npz"
@@ -74,8 +74,8 @@ def accumulate(features_fn, batches) -> sdd.RidgeAccumulator:
         b, v = video.shape[:2]
         x, y = features_fn(video.reshape((b * v, *video.shape[2:])))
         keep = np.repeat(np.asarray(batch["mask"]).astype(bool), v)
-        x = evaluation._to_host(x)[keep]
-        y = evaluation._to_host(y)[keep]
+        x = sharding.to_host(x)[keep]
+        y = sharding.to_host(y)[keep]
         acc.add(x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1]))
     return acc
 
