@@ -6,7 +6,7 @@ default; the test split is refused), prints and writes (``--out``, JSON and Mark
 1. the teachers' agreement per clip (both right / only the CNN / only the ViT /
    neither) and the oracle's accuracy (a clip is right when either teacher is), which
    bounds what any per-sample weighting of the two can give;
-2. for each teacher-weighting formula (docs/design.md eqs. D1-D8: the original DATW,
+2. for each teacher-weighting formula (docs/design.md eqs. D1-D9: the original DATW,
    its variants, CA-MKD, EBKD, the oracle), the ViT's mean weight split by which
    teacher is right, the mean weight on the right teacher where exactly one is right,
    and the top-1 of the weighted target ``sum_k w_k z_k``; the student's logits (for the

@@ -25,8 +25,8 @@ temperature ``T`` and the confidence temperature ``T_c`` (``T`` unless set):
 
 Controls (never defaults) and published peers, each a ``(B, K)`` weight matrix:
 
-* fixed weights ``w_k = v_k / sum_j v_j`` for a given vector ``v`` (e.g. DATW's mean
-  weights: separates the tilt between teachers from per-sample adaptivity);
+* fixed weights (eq. D9) ``w_k = v_k / sum_j v_j`` for a given vector ``v`` (e.g.
+  DATW's mean weights: separates the tilt between teachers from per-sample adaptivity);
 * the oracle (eq. D6): per clip, uniform over the teachers whose top-1 is the label,
   uniform over all when none is right (uses labels: an upper bound, not a method);
 * CA-MKD (Zhang, Chen and Wang, "Confidence-Aware Multi-Teacher Knowledge
@@ -306,7 +306,7 @@ def _labels_index(labels: Array) -> Array:
 
 
 def fixed_weights(weights, batch: int) -> Array:
-    """A given weight vector ``v`` (``(K,)``, non-negative) as ``(B, K)`` rows ``v / sum(v)``."""
+    """Fixed weights (docs/design.md eq. D9): ``v`` ``(K,)`` >= 0 as ``(B, K)`` rows ``v / sum(v)``."""
     v = jnp.asarray(weights, jnp.float32)
     if v.ndim != 1 or v.shape[0] < 1:
         raise ValueError(f"fixed weights must be a non-empty (K,) vector, got shape {v.shape}")
