@@ -306,7 +306,7 @@ def _labels_index(labels: Array) -> Array:
 
 
 def fixed_weights(weights, batch: int) -> Array:
-    """Fixed weights (docs/design.md eq. D9): ``v`` ``(K,)`` >= 0 as ``(B, K)`` rows ``v / sum(v)``."""
+    """Fixed weights (docs/design.md eq. D9): ``v >= 0``, shape ``(K,)``, as rows ``v / sum(v)``."""
     v = jnp.asarray(weights, jnp.float32)
     if v.ndim != 1 or v.shape[0] < 1:
         raise ValueError(f"fixed weights must be a non-empty (K,) vector, got shape {v.shape}")
