@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vkd_jax import checkpoint, cka, sharding, storage
+from vkd_jax import _deps, checkpoint, cka, sharding, storage
 from vkd_jax.data import pipeline
 
 # ------------------------------------------------------------------------------------ maps
@@ -196,10 +196,11 @@ def plot_cka_grid(
       path: output PNG path.
       cmap: matplotlib colormap; the color scale is [0, 1] on every panel.
     """
-    import matplotlib
+    with _deps.extra("train", __name__):  # Figures need the train extra.
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
     if not grid or not all(grid):
         raise ValueError("plot_cka_maps needs at least one map in every row.")

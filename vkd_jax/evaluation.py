@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vkd_jax import sharding, storage
+from vkd_jax import _deps, sharding, storage
 from vkd_jax.models import layers
 
 try:  # Private JAX (no public dead-code elimination); _dead_code_eliminated says why.
@@ -378,10 +378,11 @@ def plot_confusion(
     Returns:
       ``path``.
     """
-    import matplotlib
+    with _deps.extra("train", __name__):  # Figures need the train extra.
+        import matplotlib
 
-    matplotlib.use("Agg")  # Headless: evaluation runs on servers without a display.
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")  # Headless: evaluation runs on servers without a display.
+        import matplotlib.pyplot as plt
 
     counts = np.asarray(confusion, np.float64)
     totals = counts.sum(axis=1, keepdims=True)

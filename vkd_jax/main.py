@@ -95,16 +95,15 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
-    import tensorflow as tf
-
-    tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators are JAX's.
-
     import jax
 
-    from vkd_jax import config_lib, errors, storage
+    from vkd_jax import _deps, config_lib, errors, storage
 
     config = FLAGS.config
     try:
+        with _deps.extra("train", "python -m vkd_jax.main"):
+            import tensorflow as tf
+        tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators are JAX's.
         config_lib.validate(config)
         enable_compilation_cache(config.compilation_cache)
         fast_compile_settings()

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 
-from vkd_jax import storage
+from vkd_jax import _deps, storage
 
 HISTORY_FILE = "metrics.jsonl"  # Logged training metrics, one JSON object per line.
 LOSS_TERMS = ("ce", "kd", "sdd", "sdd_adapter", "rkd_distance", "rkd_angle", "feature_kd")
@@ -110,10 +110,11 @@ def plot(history: Sequence[Mapping[str, float]], path: str, *, title: str = "") 
     teachers = teachers_in(history)
     if not teachers:
         return None
-    import matplotlib
+    with _deps.extra("train", __name__):  # Figures need the train extra.
+        import matplotlib
 
-    matplotlib.use("Agg")  # Headless: training runs on servers without a display.
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")  # Headless: training runs on servers without a display.
+        import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]

@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
 
 from vkd_jax import (
+    _deps,
     checkpoint,
     evaluation,
     models,
@@ -40,6 +40,9 @@ from vkd_jax import (
 )
 from vkd_jax.data import pipeline
 from vkd_jax.data import pretext as pretext_data
+
+with _deps.extra("train", __name__):
+    from clu import metric_writers
 
 SUMMARY_FILE = "pretext.json"
 

@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
 
 from vkd_jax import (
+    _deps,
     checkpoint,
     errors,
     evaluation,
@@ -47,6 +47,9 @@ from vkd_jax import (
 from vkd_jax.data import pipeline
 from vkd_jax.losses import objective
 from vkd_jax.stages import Stage, compute_dtype, model_metadata
+
+with _deps.extra("train", __name__):
+    from clu import metric_writers, periodic_actions
 
 # train.run(config, train.Stage(...)): the stage description lives in vkd_jax.stages.
 __all__ = [

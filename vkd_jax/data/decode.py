@@ -17,11 +17,13 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import process as futures_process
 from typing import Any
 
-import av
 import numpy as np
-from av.video.reformatter import Interpolation
 
-from vkd_jax import errors
+from vkd_jax import _deps, errors
+
+with _deps.extra("train", __name__):
+    import av
+    from av.video.reformatter import Interpolation
 
 ENCODINGS = ("jpeg", "png")
 # Tolerance (seconds) when comparing frame timestamps with segment bounds and

@@ -27,12 +27,16 @@ from collections.abc import Callable
 
 import jax
 import ml_collections
-import tensorflow as tf
-import tensorflow_datasets as tfds
 from absl import logging
+
+from vkd_jax import _deps
 
 # Registers the built-in `synthetic_actions` builder with TFDS.
 from vkd_jax.data import synthetic  # noqa: F401
+
+with _deps.extra("train", __name__):
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
 
 AUTOTUNE = tf.data.AUTOTUNE
 

@@ -17,11 +17,14 @@ supervised training; labels of the dataset are never read by the tasks.
 from __future__ import annotations
 
 import ml_collections
-import tensorflow as tf
 from absl import logging
 
+from vkd_jax import _deps
 from vkd_jax.data import pipeline
 from vkd_jax.pretext import common, prp, vcop
+
+with _deps.extra("train", __name__):
+    import tensorflow as tf
 
 AUTOTUNE = tf.data.AUTOTUNE
 

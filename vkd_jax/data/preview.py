@@ -5,15 +5,17 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # Files only; no display on servers.
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+from vkd_jax import _deps, storage
 
-from vkd_jax import storage  # noqa: E402
+with _deps.extra("train", __name__):
+    import matplotlib
+
+    matplotlib.use("Agg")  # Files only; no display on servers.
+    import matplotlib.pyplot as plt
+    import tensorflow as tf
+    from tqdm import tqdm
 
 
 def class_counts(builder: Any, split: str, label_key: str) -> collections.Counter:

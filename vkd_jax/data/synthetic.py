@@ -70,8 +70,12 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import tensorflow_datasets as tfds
 from etils import epath
+
+from vkd_jax import _deps
+
+with _deps.extra("train", __name__):
+    import tensorflow_datasets as tfds
 
 CLASS_NAMES = (
     "move_right",

@@ -52,11 +52,13 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import tensorflow_datasets as tfds
-import tqdm
 from etils import epath
 
-from vkd_jax import errors
+from vkd_jax import _deps, errors
+
+with _deps.extra("train", __name__):
+    import tensorflow_datasets as tfds
+    import tqdm
 from vkd_jax.data import decode
 
 # The parts of the builder, re-exported: decoding and the layouts' annotation parsers.
