@@ -1,0 +1,43 @@
+"""tools/screen.py: presets name real config keys, the paired table, a tiny row."""
+
+import pytest
+from conftest import tiny_config
+
+from tools import screen
+from tools.diagnose_learning import parse_row
+from vkd_jax import config_lib, reporting
+
+
+@pytest.mark.parametrize("preset", sorted(screen.PRESETS))
+def test_every_preset_row_sets_declared_keys_to_valid_values(preset):
+    config = config_lib.default_config()
+    for text in screen.PRESETS[preset]:
+        title, changes = parse_row(text)
+        cfg, scratch = screen.row_config(config, dict(changes))
+        config_lib.validate(cfg)
+        assert scratch == (preset == "recipe"), title
+
+
+def test_table_compares_every_row_with_the_first_by_seed():
+    rows = [
+        {"row": "base", "top1": [0.50, 0.60, 0.55], "seconds": 3.0},
+        {"row": "better", "top1": [0.52, 0.62, 0.57], "seconds": 3.0},
+        {"row": "noisy", "top1": [0.60, 0.50, 0.55], "seconds": 3.0},
+    ]
+    md = screen.table(rows, "validation", (0, 1, 2))
+    lines = {line.split(" | ")[0].strip("| "): line for line in md.splitlines()}
+    assert "+2.0 [+2.0, +2.0]" in lines["better"] and f"| {reporting.HOLDS} |" in lines["better"]
+    assert f"| {reporting.NOT_SHOWN} |" in lines["noisy"]
+
+
+def test_a_scratch_row_trains_per_seed_and_test_is_refused(tiny_data_dir, tmp_path):
+    config = tiny_config(tiny_data_dir)
+    config.data.eval_split = "validation"
+    r = screen.run_row(config, "scratch lr", {"scratch": True, "optim.learning_rate": 1e-2},
+                       [0, 1], str(tmp_path), {})  # fmt: skip
+    assert len(r["top1"]) == 2 and all(0.0 <= a <= 1.0 for a in r["top1"])
+    assert (tmp_path / "scratch_lr_seed1" / "eval.json").is_file()
+    with pytest.raises(SystemExit, match="needs teachers"):
+        screen.run_row(config, "kd", {}, [0], str(tmp_path), {})
+    with pytest.raises(SystemExit, match="test split"):
+        screen.main(["--row", "a: scratch=True", "--split", "test"])

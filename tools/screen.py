@@ -1,0 +1,204 @@
+"""Screen settings of the student on the validation split, with paired seeds.
+
+Each ``--row "title: key=value; ..."`` is a student stage of the config with those
+overrides (full config keys: ``loss.temperature=2.0``, ``optim.learning_rate=1e-2``;
+``scratch=True`` trains without teachers), run once per seed of ``--seeds`` with the
+given teachers (``--cnn``, ``--vit`` model directories; trained once and shared).
+Every row is compared with the first (the baseline) by the paired per-seed rule of
+:mod:`vkd_jax.reporting` (docs/design.md eq. V1), on ``--split`` (``validation``;
+the test split is refused: it is for the final table only). ``--preset`` gives the
+rows of one phase of docs/science.md's plan, in the order the issue asks for:
+
+* ``recipe``: the student from scratch (learning rate, steps, weight decay, label
+  smoothing), tuned before anything else;
+* ``kd``: the shared KD settings (temperature, KD weight) for uniform dual-teacher KD;
+* ``components``: the teacher weightings (DATW and its variants, the controls,
+  CA-MKD, EBKD) on top of uniform dual KD, then SDD's and RKD's forms.
+
+Writes ``<workdir>/screen.md`` and ``screen.json``; finished stages are reused, so an
+interrupted screen resumes.
+
+    python tools/screen.py --preset components --seeds 0,1 --workdir runs/screen \\
+        --cnn runs/default/teacher_cnn/model --vit runs/default/teacher_vit/model
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from vkd_jax import reporting  # noqa: E402
+
+_OFF = "loss.sdd_weight=0.0; loss.rkd_distance_weight=0.0; loss.rkd_angle_weight=0.0"
+_UNIFORM = f"loss.teacher_weighting='uniform'; {_OFF}"
+
+PRESETS = {
+    "recipe": [
+        "scratch (default recipe): scratch=True",
+        "lr 2e-3: scratch=True; optim.learning_rate=2e-3",
+        "lr 1e-2: scratch=True; optim.learning_rate=1e-2",
+        "600 steps: scratch=True; train.num_steps=600",
+        "weight decay 1e-2: scratch=True; optim.weight_decay=1e-2",
+        "label smoothing 0.1: scratch=True; loss.label_smoothing=0.1",
+    ],
+    "kd": [
+        f"uniform dual, T 4, KD weight 1: {_UNIFORM}",
+        f"T 2: {_UNIFORM}; loss.temperature=2.0",
+        f"T 8: {_UNIFORM}; loss.temperature=8.0",
+        f"KD weight 0.5: {_UNIFORM}; loss.kd_weight=0.5",
+        f"KD weight 2: {_UNIFORM}; loss.kd_weight=2.0",
+    ],
+    "components": [
+        f"uniform dual: {_UNIFORM}",
+        f"DATW original: loss.teacher_weighting='datw'; {_OFF}",
+        f"DATW T_c 1, JS: loss.teacher_weighting='datw'; loss.datw.confidence_temperature=1.0; "
+        f"loss.datw.discrepancy='js'; {_OFF}",
+        f"fixed 0.57/0.43 (DATW's mean): loss.teacher_weighting='fixed'; "
+        f"loss.teacher_weights=(0.57, 0.43); {_OFF}",
+        f"oracle (control): loss.teacher_weighting='oracle'; {_OFF}",
+        f"CA-MKD per teacher: loss.teacher_weighting='ca_mkd'; loss.datw.place='per_teacher'; "
+        f"{_OFF}",
+        f"EBKD: loss.teacher_weighting='ebkd'; loss.datw.confidence_temperature=1.0; {_OFF}",
+        "uniform + SDD residual: loss.teacher_weighting='uniform'; loss.rkd_distance_weight=0.0; "
+        "loss.rkd_angle_weight=0.0",
+        "uniform + SDD random projections: loss.teacher_weighting='uniform'; "
+        "loss.sdd.target='random_projections'; loss.rkd_distance_weight=0.0; "
+        "loss.rkd_angle_weight=0.0",
+        "uniform + RKD from the CNN: loss.teacher_weighting='uniform'; loss.sdd_weight=0.0; "
+        "loss.rkd.teacher='cnn'",
+        "uniform + RKD 0.1/0.2: loss.teacher_weighting='uniform'; loss.sdd_weight=0.0; "
+        "loss.rkd_distance_weight=0.1; loss.rkd_angle_weight=0.2",
+    ],
+}
+
+
+def row_config(config, changes: dict) -> tuple[ml_collections.ConfigDict, bool]:
+    """The config of one row and whether it trains from scratch."""
+    from tools.diagnose_learning import set_key
+
+    cfg = ml_collections.ConfigDict(config.to_dict())
+    scratch = bool(changes.pop("scratch", False))
+    for key, value in changes.items():
+        set_key(cfg, key, value)
+    return cfg, scratch
+
+
+def run_row(config, title: str, changes: dict, seeds, workdir: str, teacher_dirs) -> dict:
+    """Trains (or reuses) the row's student once per seed; returns its top-1s and seconds."""
+    from vkd_jax import stages, train
+    from vkd_jax.losses import objective
+
+    cfg, scratch = row_config(config, dict(changes))
+    loss = stages.supervised_loss(cfg.loss) if scratch else cfg.loss
+    needed = objective.required_teachers(ml_collections.FrozenConfigDict(loss))
+    missing = [n for n in needed if n not in teacher_dirs]
+    if missing:
+        raise SystemExit(f"screen: row {title!r} needs teachers {missing}: pass --cnn/--vit")
+    teachers = {}
+    for n in needed:
+        spec = ml_collections.ConfigDict(cfg.teachers[n].to_dict())
+        spec.checkpoint = teacher_dirs[n]
+        teachers[n] = spec
+    slug = "".join(c if c.isalnum() else "_" for c in title).strip("_")
+    top1, seconds = [], 0.0
+    for seed in seeds:
+        cfg.seed = int(seed)
+        summary = train.run(
+            cfg,
+            train.Stage(
+                name=f"{title} seed {seed}",
+                workdir=os.path.join(workdir, f"{slug}_seed{seed}"),
+                model=cfg.student,
+                loss=loss,
+                num_steps=cfg.train.num_steps,
+                teachers=teachers,
+                train_split=cfg.experiment.student_train_split,
+            ),
+        )
+        top1.append(float(summary["top1"]))
+        seconds += float(summary.get("seconds", 0.0))
+    return {"row": title, "changes": changes, "top1": top1, "seconds": seconds}
+
+
+def table(rows: list[dict], split: str, seeds) -> str:
+    """Mean ± std per row and each row's paired difference from the first."""
+    base = rows[0]
+    lines = [
+        f"Screen on `{split}`: top-1 %, mean ± std over seeds {tuple(seeds)}; each row "
+        f"against the first (`{base['row']}`), paired by seed.",
+        "",
+    ]
+    body = []
+    for r in rows:
+        if r is base:
+            diff, verdict = "-", "-"
+        else:
+            c = reporting.paired_comparison(
+                100 * np.asarray(r["top1"]), 100 * np.asarray(base["top1"])
+            )
+            diff, verdict = reporting.fmt_comparison(c), c.verdict
+        body.append(
+            (r["row"], reporting.fmt_mean_std(r["top1"]), diff, verdict, f"{r['seconds']:.0f}")
+        )
+    lines += reporting.markdown_table(
+        ("Row", "Top-1 %", "vs first, points [95% CI]", "Verdict", "Stage s"), body
+    )
+    lines += ["", reporting.VERDICT_RULE]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/default.py")
+    parser.add_argument("--workdir", default="runs/screen")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    parser.add_argument("--row", action="append", default=[], help="'title: key=value; ...'")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--split", default="validation")
+    parser.add_argument("--cnn", default="", help="CNN teacher model directory")
+    parser.add_argument("--vit", default="", help="ViT teacher model directory")
+    parser.add_argument("--set", action="append", default=[], help="key=value for every row")
+    args = parser.parse_args(argv)
+    if args.split.startswith("test"):
+        raise SystemExit("screen: the test split is for the final table only")
+    from tools import benchmark
+    from tools.diagnose_learning import parse_row, parse_value, set_key
+
+    config = benchmark.load_config(args.config, [])
+    config.experiment.run_cka = False
+    config.data.eval_split = args.split
+    config.eval.latency_iters = 1  # Latency is not what is screened.
+    for item in args.set:
+        key, _, value = item.partition("=")
+        set_key(config, key.strip(), parse_value(value.strip()))
+    texts = (PRESETS[args.preset] if args.preset else []) + args.row
+    if not texts:
+        raise SystemExit("screen: give --preset or at least one --row")
+    rows = [parse_row(t) for t in texts]
+    for _title, changes in rows:  # Every row's keys are checked before any trains.
+        row_config(config, dict(changes))
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    teacher_dirs = {k: v for k, v in (("cnn", args.cnn), ("vit", args.vit)) if v}
+    os.makedirs(args.workdir, exist_ok=True)
+    started = time.time()
+    results = []
+    for title, changes in rows:
+        results.append(run_row(config, title, changes, seeds, args.workdir, teacher_dirs))
+        md = table(results, args.split, seeds)
+        reporting.write_report(args.workdir, "screen", {"rows": results, "split": args.split,
+                                                         "wall_seconds": time.time() - started},
+                               md)  # fmt: skip
+        print(md, flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()
