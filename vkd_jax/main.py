@@ -111,11 +111,13 @@ def main(argv):
             jax.distributed.initialize()
         workdir = config_lib.check_workdir(FLAGS.workdir)
         storage.makedirs(workdir)
-        logging.info("vkd_jax mode=%s workdir=%s devices=%s", config.mode, workdir, jax.devices())
+        from vkd_jax import modes, rundir
 
-        from vkd_jax import modes
-
-        modes.run(config, workdir)
+        # One run per workdir: a second launch stops here, before any compute.
+        with rundir.hold(workdir):
+            devices = jax.devices()
+            logging.info("vkd_jax mode=%s workdir=%s devices=%s", config.mode, workdir, devices)
+            modes.run(config, workdir)
     except errors.USER_ERRORS as e:
         if os.environ.get("VKD_TRACEBACK"):
             raise

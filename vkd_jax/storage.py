@@ -85,6 +85,11 @@ def rmtree(path: str | os.PathLike) -> None:
         shutil.rmtree(path)
 
 
+def remove(path: str | os.PathLike) -> None:
+    """Deletes one file (local or gs://)."""
+    _path(path).unlink()
+
+
 def open(path: str | os.PathLike, mode: str = "r"):  # noqa: A001 - mirrors builtins.open
     """A file object for `path` ("r", "w", "a", with "b" for bytes)."""
     if not is_remote(path):
