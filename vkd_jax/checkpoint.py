@@ -157,13 +157,45 @@ def save_state(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
 
 
 def restore_state(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[Any, int] | None:
-    """Restores the latest training state onto ``abstract_state``'s shardings, or None."""
-    step = manager.latest_step()
-    if step is None:
+    """Restores the newest intact training state onto ``abstract_state``'s shardings, or
+    None when there is no checkpoint.
+
+    A checkpoint that fails to restore (array files cut short by a partial copy from a
+    bucket, a disk error) is not the end of the run: a warning names its step and the
+    reason, and the next older one is tried. Once one restores, the damaged newer ones are
+    deleted (training would otherwise stop when it reaches their step numbers again). If
+    none restores, `CheckpointError` names the folder to delete to start the stage over.
+    """
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
         return None
-    logging.info("Resuming from checkpoint at step %d in %s", step, manager.directory)
-    state = manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-    return state, step
+    failures: list[tuple[int, str]] = []
+    for step in steps:
+        logging.info("Resuming from checkpoint at step %d in %s", step, manager.directory)
+        try:
+            state = manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        except Exception as e:  # noqa: BLE001 - any failure to read a step means "damaged".
+            reason = " ".join(str(e).split())[:300] or type(e).__name__
+            failures.append((step, reason))
+            logging.warning(
+                "Checkpoint at step %d in %s cannot be restored (%s: %s); trying the one before.",
+                step,
+                manager.directory,
+                type(e).__name__,
+                reason,
+            )
+            continue
+        for damaged, _ in failures:
+            logging.warning(
+                "Deleting the damaged checkpoint at step %d; resuming from step %d.", damaged, step
+            )
+            manager.delete(damaged)
+        return state, step
+    newest, reason = failures[0]
+    raise CheckpointError(
+        f"no intact checkpoint in {manager.directory} (steps {', '.join(map(str, steps))}; step "
+        f"{newest}: {reason}); delete {manager.directory} to start this stage over"
+    )
 
 
 def _json_default(obj: Any) -> Any:
