@@ -71,3 +71,18 @@ def test_writers(tmp_path):
     reporting.write_report(str(tmp_path), "t", {"c": c.to_dict(), "x": np.float64(1)}, "# t\n")
     assert json.loads((tmp_path / "t.json").read_text())["c"]["verdict"] == reporting.HOLDS
     assert (tmp_path / "t.md").read_text() == "# t\n"
+
+
+def test_every_ablation_row_has_a_title_and_gives_a_valid_objective():
+    import ml_collections
+
+    from vkd_jax import config_lib, experiment
+
+    assert set(experiment.ABLATION_TITLES) == set(experiment.ABLATIONS)
+    for name, override in experiment.ABLATIONS.items():
+        config = config_lib.default_config()
+        config.loss.update(override)
+        config.loss.teacher_weights = (0.57, 0.43)
+        config_lib.validate(config)
+        assert ml_collections.FrozenConfigDict(config.loss).teacher_weighting, name
+    assert experiment.ABLATIONS["ca_mkd"]["datw"]["place"] == "per_teacher"

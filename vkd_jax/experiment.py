@@ -51,6 +51,25 @@ ABLATIONS: Mapping[str, dict[str, Any]] = {
     ),
     "datw_sdd": dict(teacher_weighting="datw", rkd_distance_weight=0.0, rkd_angle_weight=0.0),
     "datw_sdd_rkd": dict(teacher_weighting="datw"),
+    # Controls and published peers of DATW (docs/design.md eqs. D6-D9), logit KD only,
+    # not in the paper's table: add them with --config.ablation.variants. "fixed" takes
+    # loss.teacher_weights (e.g. DATW's mean weights from the datw row's results).
+    "fixed": dict(
+        teacher_weighting="fixed", sdd_weight=0.0, rkd_distance_weight=0.0, rkd_angle_weight=0.0
+    ),
+    "oracle": dict(
+        teacher_weighting="oracle", sdd_weight=0.0, rkd_distance_weight=0.0, rkd_angle_weight=0.0
+    ),
+    "ca_mkd": dict(
+        teacher_weighting="ca_mkd",
+        datw=dict(place="per_teacher"),
+        sdd_weight=0.0,
+        rkd_distance_weight=0.0,
+        rkd_angle_weight=0.0,
+    ),
+    "ebkd": dict(
+        teacher_weighting="ebkd", sdd_weight=0.0, rkd_distance_weight=0.0, rkd_angle_weight=0.0
+    ),
 }
 
 ABLATION_TITLES = {
@@ -61,6 +80,10 @@ ABLATION_TITLES = {
     "datw": "+ DATW",
     "datw_sdd": "+ DATW + SDD",
     "datw_sdd_rkd": "+ DATW + SDD + RKD (full)",
+    "fixed": "Dual teacher, fixed weights (control)",
+    "oracle": "Dual teacher, oracle per clip (control, uses labels)",
+    "ca_mkd": "Dual teacher, CA-MKD (per-teacher KL)",
+    "ebkd": "Dual teacher, EBKD",
 }
 
 
