@@ -2,10 +2,10 @@
 
 Everything here is channels-last: video maps are ``(B, T, H, W, C)``.
 
-* :func:`conv3d` -- a ``Conv3d`` with PyTorch's symmetric zero padding (``k // 2``
-  per side, not XLA's ``"SAME"``, which pads asymmetrically under stride 2) and
-  He (Kaiming) normal fan-out initialization (He et al., ICCV 2015), as
-  pytorchvideo's ``init_net_weights`` and PySlowFast's ``c2_msra_fill``.
+* :func:`conv3d` / :class:`Conv3d` -- PyTorch's ``Conv3d`` (defined in
+  :mod:`vkd_jax.models.convolutions` with the forms it is computed in, re-exported
+  here with :func:`convolutions`, :func:`native_convolutions`,
+  :func:`portable_convolutions` and :func:`conv3d_apply`).
 * :class:`BatchNorm` -- batch normalization (Ioffe & Szegedy, ICML 2015) with
   PyTorch's semantics: eps ``1e-5``, momentum ``0.1`` in PyTorch's convention
   (weight of the new batch statistic; flax's ``0.9``), unbiased batch variance
@@ -22,7 +22,6 @@ Everything here is channels-last: video maps are ``(B, T, H, W, C)``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from collections.abc import Sequence
@@ -33,9 +32,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Kaiming normal, fan-out, gain sqrt(2): PyTorch's ``kaiming_normal_(mode="fan_out")``.
-he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+from vkd_jax.models import convolutions as convolutions_lib
 
+# The convolutions live in vkd_jax.models.convolutions; their public names stay here too
+# (callers and checkpoints predate the move).
+CONVOLUTION_MODES = convolutions_lib.CONVOLUTION_MODES
+Conv3d = convolutions_lib.Conv3d
+conv3d = convolutions_lib.conv3d
+conv3d_apply = convolutions_lib.conv3d_apply
+convolutions = convolutions_lib.convolutions
+he_normal_fan_out = convolutions_lib.he_normal_fan_out
+native_convolutions = convolutions_lib.native_convolutions
+portable_convolutions = convolutions_lib.portable_convolutions
 
 def swish(x: jax.Array) -> jax.Array:
     """Swish / SiLU, ``x * sigmoid(x)`` (Ramachandran, Zoph & Le, 2017)."""
@@ -75,245 +83,6 @@ def round_repeats(repeats: int, multiplier: float) -> int:
     return int(math.ceil(multiplier * repeats))
 
 
-def conv3d(
-    features: int,
-    kernel_size: Sequence[int],
-    *,
-    strides: Sequence[int] = (1, 1, 1),
-    padding: Sequence[int] | None = None,
-    groups: int = 1,
-    use_bias: bool = False,
-    dtype: Any = jnp.float32,
-    kernel_init: Any = he_normal_fan_out,
-    name: str | None = None,
-) -> Conv3d:
-    """A 3D convolution laid out like PyTorch's ``nn.Conv3d``.
-
-    Args:
-      features: output channels.
-      kernel_size: ``(kt, kh, kw)``.
-      strides: ``(st, sh, sw)``.
-      padding: zeros added on *each* side per dimension; ``None`` means
-        ``k // 2`` (PyTorch's usual "same" for odd kernels). Output size is
-        ``floor((n + 2p - k) / s) + 1`` exactly as in PyTorch.
-      groups: feature groups (``groups == in_channels`` is depthwise).
-      use_bias: add a bias.
-      dtype: computation dtype; parameters stay float32.
-      kernel_init: kernel initializer (He normal fan-out by default).
-      name: submodule name.
-
-    Returns:
-      A :class:`Conv3d` mapping ``(B, T, H, W, C_in)`` to ``(B, T', H', W', features)``
-      with kernel ``(kt, kh, kw, C_in / groups, features)``.
-    """
-    kernel_size = tuple(kernel_size)
-    if padding is None:
-        padding = tuple(k // 2 for k in kernel_size)
-    return Conv3d(
-        features=features,
-        kernel_size=kernel_size,
-        strides=tuple(strides),
-        padding=tuple(padding),
-        groups=groups,
-        use_bias=use_bias,
-        dtype=dtype,
-        kernel_init=kernel_init,
-        name=name,
-    )
-
-
-class Conv3d(nn.Module):
-    """``nn.Conv``'s variables (``kernel``, ``bias``) with a CPU-friendly computation.
-
-    XLA's CPU backend is slow at what video CNNs do all the time: depthwise
-    (channel-wise) 3D convolutions and 3D convolutions' gradients, strided ones
-    above all (measured here: a 3x3x3 depthwise conv's forward+backward 6.7x slower
-    than the same sum written as 27 shifted multiply-adds; a dense 1x3x3 conv's 4x
-    slower than the same conv as a 2D one over frames, a strided one 21x). On CPU
-    we therefore compute exactly the same function another way -- depthwise as
-    shift-and-multiply, 1x1x1 as subsample-then-matmul, every other conv as 2D
-    convolutions over frames summed over its temporal taps. GPUs and TPUs keep
-    XLA's native convolution.
-    """
-
-    features: int
-    kernel_size: tuple[int, int, int]
-    strides: tuple[int, int, int] = (1, 1, 1)
-    padding: tuple[int, int, int] = (0, 0, 0)
-    groups: int = 1
-    use_bias: bool = False
-    dtype: Any = jnp.float32
-    kernel_init: Any = he_normal_fan_out
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        cin = x.shape[-1]
-        if cin % self.groups or self.features % self.groups:
-            raise ValueError(
-                f"Channels {cin} -> {self.features} are not divisible by groups={self.groups}"
-            )
-        kernel = self.param(
-            "kernel",
-            self.kernel_init,
-            (*self.kernel_size, cin // self.groups, self.features),
-            jnp.float32,
-        )
-        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        y = conv3d_apply(x, kernel, self.strides, self.padding, self.groups)
-        if self.use_bias:
-            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-            y = y + bias.astype(self.dtype)
-        return y
-
-
-# How traces compute convolutions: "auto" (the CPU formulation on CPU, XLA's native
-# convolution elsewhere), "native" (XLA's everywhere), "cpu" (the CPU formulation on
-# every backend) or "portable" (for export).
-_CONVOLUTIONS = ["auto"]
-CONVOLUTION_MODES = ("auto", "native", "cpu", "portable")
-
-
-def convolutions(mode: str):
-    """Traces inside compute :class:`Conv3d` in ``mode`` (``CONVOLUTION_MODES``).
-
-    ``"cpu"`` forces the CPU formulation (depthwise as shift-and-multiply, the rest as
-    2D convolutions over frames) on any backend, ``"native"`` XLA's convolution on
-    any: ``tools/benchmark.py --convolutions`` times both on an accelerator to keep
-    the faster. A program is compiled in the mode it was traced in.
-    """
-    if mode not in CONVOLUTION_MODES:
-        raise ValueError(f"Unknown convolution mode {mode!r}; one of {CONVOLUTION_MODES}")
-    return _convolutions(mode)
-
-
-@contextlib.contextmanager
-def _convolutions(mode: str):
-    previous = _CONVOLUTIONS[0]
-    _CONVOLUTIONS[0] = mode
-    try:
-        yield
-    finally:
-        _CONVOLUTIONS[0] = previous
-
-
-def native_convolutions():
-    """Traces inside use XLA's native convolutions even on CPU.
-
-    For counting multiply-accumulates from a trace (fvcore's convention counts
-    convolutions, which the CPU formulation would turn into elementwise ops).
-    """
-    return convolutions("native")
-
-
-def portable_convolutions():
-    """Traces inside write depthwise convolutions as shift-and-multiply, 1x1x1 ones as
-    matrix products, and every other convolution natively, strides included.
-
-    For export (vkd_jax.export): LiteRT has no grouped 3D convolution (its converter
-    stops at ``tf.Conv3D`` with feature groups), but it has every op of the
-    shift-and-multiply form; every other convolution stays one 3D convolution.
-    """
-    return convolutions("portable")
-
-
-def conv3d_apply(
-    x: jax.Array,
-    kernel: jax.Array,
-    strides: Sequence[int],
-    padding: Sequence[int],
-    groups: int,
-    *,
-    cpu_friendly: bool | None = None,
-) -> jax.Array:
-    """PyTorch-style 3D convolution, channels-last; see :class:`Conv3d` for the CPU path.
-
-    Args:
-      x: ``(B, T, H, W, C_in)``.
-      kernel: ``(kt, kh, kw, C_in / groups, C_out)``.
-      strides: ``(st, sh, sw)``.
-      padding: zeros on each side per dimension.
-      groups: feature groups.
-      cpu_friendly: force (True) or forbid (False) the CPU formulation; None
-        picks it when the default backend is the CPU.
-    """
-    strides, padding = tuple(strides), tuple(padding)
-    k = kernel.shape[:3]
-    cin, cout = x.shape[-1], kernel.shape[-1]
-    mode = _CONVOLUTIONS[0]
-    portable = cpu_friendly is None and mode == "portable"
-    if cpu_friendly is None:
-        on_cpu = jax.default_backend() == "cpu"
-        cpu_friendly = portable or mode == "cpu" or (on_cpu and mode == "auto")
-    # Portable keeps only the depthwise rewrite (LiteRT's batch matmul stops at rank 4;
-    # its 1x1x1 and other CONV_3Ds do the job).
-    cpu_path = cpu_friendly and not portable
-    if cpu_path and k == (1, 1, 1) and groups == 1 and padding == (0, 0, 0):
-        x = x[:, :: strides[0], :: strides[1], :: strides[2]]
-        return jnp.einsum("bthwc,cd->bthwd", x, kernel.reshape(cin, cout))
-    if cpu_friendly and groups == cin == cout:
-        xp = jnp.pad(x, ((0, 0), *((p, p) for p in padding), (0, 0)))
-        out = [(n + 2 * p - kk) // s + 1 for n, p, kk, s in zip(x.shape[1:4], padding, k, strides)]
-        y = None
-        for a in range(k[0]):
-            for b in range(k[1]):
-                for c in range(k[2]):
-                    tap = (
-                        xp[
-                            :,
-                            a : a + (out[0] - 1) * strides[0] + 1 : strides[0],
-                            b : b + (out[1] - 1) * strides[1] + 1 : strides[1],
-                            c : c + (out[2] - 1) * strides[2] + 1 : strides[2],
-                        ]
-                        * kernel[a, b, c, 0]
-                    )
-                    y = tap if y is None else y + tap
-        return y
-    if cpu_path:
-        return _conv3d_as_2d(x, kernel, strides, padding, groups)
-    return jax.lax.conv_general_dilated(
-        x,
-        kernel,
-        window_strides=strides,
-        padding=[(p, p) for p in padding],
-        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
-        feature_group_count=groups,
-    )
-
-
-def _conv3d_as_2d(
-    x: jax.Array,
-    kernel: jax.Array,
-    strides: tuple[int, ...],
-    padding: tuple[int, ...],
-    groups: int,
-) -> jax.Array:
-    """A 3D convolution as 2D ones: the sum over the ``kt`` temporal taps of a 2D
-    convolution of the (strided) frames at that tap, time folded into the batch.
-
-    XLA's CPU convolutions are much faster in 2D than in 3D, backward above all
-    (measured here, forward+backward at batch 32, 8 frames: a 1x3x3 conv 4x faster,
-    a strided one 21x, a 3x3x3 one 3-27x), and strides stay native. A temporal-only
-    ``kt x 1 x 1`` conv is one 2D convolution over (T, H*W).
-    """
-    b, t, h, w, c = x.shape
-    kt, kh, kw = kernel.shape[:3]
-    (st, sh, sw), (pt, ph, pw) = strides, padding
-    conv2d = lambda v, k, s, p: jax.lax.conv_general_dilated(
-        v, k, s, p, dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups
-    )
-    if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
-        y = conv2d(x.reshape(b, t, h * w, c), kernel[:, 0], (st, 1), [(pt, pt), (0, 0)])
-        return y.reshape(b, y.shape[1], h, w, y.shape[-1])
-    xp = jnp.pad(x, ((0, 0), (pt, pt), (0, 0), (0, 0), (0, 0))) if pt else x
-    t_out = (t + 2 * pt - kt) // st + 1
-    y = None
-    for a in range(kt):
-        frames = xp[:, a : a + (t_out - 1) * st + 1 : st].reshape(b * t_out, h, w, c)
-        tap = conv2d(frames, kernel[a], (sh, sw), [(ph, ph), (pw, pw)])
-        y = tap if y is None else y + tap
-    return y.reshape(b, t_out, *y.shape[1:])
-
-
 def max_pool3d(
     x: jax.Array, window: Sequence[int], strides: Sequence[int], padding: Sequence[int]
 ) -> jax.Array:
@@ -323,7 +92,7 @@ def max_pool3d(
     pool (its converter keeps a StableHLO ``reduce_window`` that tf2onnx cannot read).
     """
     window, strides, padding = tuple(window), tuple(strides), tuple(padding)
-    if _CONVOLUTIONS[0] != "portable":
+    if convolutions_lib.mode() != "portable":
         return nn.max_pool(x, window, strides, padding=[(p, p) for p in padding])
     xp = jnp.pad(x, ((0, 0), *((p, p) for p in padding), (0, 0)), constant_values=-jnp.inf)
     out = [(n + 2 * p - w) // s + 1 for n, p, w, s in zip(x.shape[1:4], padding, window, strides)]
@@ -349,7 +118,7 @@ def gelu(x: jax.Array) -> jax.Array:
     selects between two branches, and tf2onnx turns that select into arithmetic that
     gives NaN where the unused branch overflows.
     """
-    if _CONVOLUTIONS[0] != "portable":
+    if convolutions_lib.mode() != "portable":
         return nn.gelu(x, approximate=False)
     z = x * (1.0 / math.sqrt(2.0))
     a = jnp.abs(z)
