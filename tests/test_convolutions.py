@@ -185,3 +185,23 @@ def test_mode_is_scoped_to_the_block_and_the_thread():
     assert seen == ["auto"]
     with pytest.raises(ValueError, match="'fast'"):
         layers.convolutions("fast")
+
+
+@pytest.mark.parametrize(
+    "kernel,strides,padding",
+    [((3, 7, 7), (2, 4, 4), (1, 3, 3)), ((2, 4, 4), (2, 4, 4), (0, 0, 0))],
+    ids=["mvit conv_proj", "vit patch_embed"],
+)
+def test_patch_embeddings_keep_nn_conv_variables(kernel, strides, padding):
+    """MViT's and the ViT's patch embeddings moved from nn.Conv to layers.Conv3d: the same
+    variables (names, shapes, initial values from a seed), so old checkpoints load and a
+    seed gives what it gave, and the same outputs."""
+    x = jax.random.normal(jax.random.key(0), (2, 6, 17, 16, 3))
+    old = nn.Conv(8, kernel, strides=strides, padding=[(p, p) for p in padding])
+    new = layers.Conv3d(
+        8, kernel, strides, padding, use_bias=True, kernel_init=nn.initializers.lecun_normal()
+    )
+    v_old, v_new = old.init(jax.random.key(1), x), new.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, v_old) == jax.tree.map(jnp.shape, v_new)
+    jax.tree.map(np.testing.assert_array_equal, v_old, v_new)
+    _close(new.apply(v_new, x), old.apply(v_old, x), "outputs")

@@ -494,12 +494,16 @@ class MViT(nn.Module):
         """
         deterministic = not train
         blocks = self.block_setting
-        x = nn.Conv(
+        # nn.Conv's variables (kernel, bias) and initializers; layers.Conv3d computes it in
+        # the fastest form of the backend.
+        x = layers.Conv3d(
             blocks[0].input_channels,
-            self.patch_kernel,
-            strides=self.patch_stride,
-            padding=[(p, p) for p in self.patch_padding],
+            tuple(self.patch_kernel),
+            strides=tuple(self.patch_stride),
+            padding=tuple(self.patch_padding),
+            use_bias=True,
             dtype=self.dtype,
+            kernel_init=nn.initializers.lecun_normal(),
             name="conv_proj",
         )(video.astype(self.dtype))
         b = x.shape[0]

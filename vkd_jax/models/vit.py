@@ -271,12 +271,15 @@ class ViT(nn.Module):
         if self.pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' or 'mean', not {self.pool!r}")
         deterministic = not train
-        x = nn.Conv(
+        # nn.Conv's variables (kernel, bias) and initializers; layers.Conv3d computes the
+        # tubelet embedding as patches and one matrix product on CPU.
+        x = layers.Conv3d(
             self.width,
-            self.tubelet,
-            strides=self.tubelet,
-            padding="VALID",
+            tuple(self.tubelet),
+            strides=tuple(self.tubelet),
+            use_bias=True,
             dtype=self.dtype,
+            kernel_init=nn.initializers.lecun_normal(),
             name="patch_embed",
         )(video.astype(self.dtype))
         b = x.shape[0]
