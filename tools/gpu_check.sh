@@ -9,7 +9,7 @@
 # Then on the GPU machine, from the project root, in two calls of at most 10 minutes
 # (the second on the same, still warm machine, so part 2 finds part 1's cache):
 #   OUT=/tmp/out PARTS="1 2 3" bash tools/gpu_check.sh     # limits add up to 510 s
-#   OUT=/tmp/out PARTS="4 5" bash tools/gpu_check.sh       # 270 s (BIG=... sets part 4's batch)
+#   OUT=/tmp/out PARTS="4 5" bash tools/gpu_check.sh       # 330 s (BIG=... sets part 4's batch)
 # On a CPU, a quick check that every part runs (the default config's tiny models):
 #   OUT=/tmp/out GPU_CHECK_SMALL=1 bash tools/gpu_check.sh  # about 4 minutes on 2 cores
 #
@@ -75,7 +75,7 @@ want 3 && part 3_forward 180 python3 tools/benchmark.py "${MODELS[@]}" --forward
 want 4 && part 4_step_big 150 python3 tools/benchmark.py "${MODELS[@]}" --batch "$BIG" \
   --steps 5 --warmup 1 --torch
 if want 5 && python3 -c "import pytest" > /dev/null 2>&1; then
-  part 5_parity 120 python3 -m pytest -q -x tests/test_convert_x3d.py \
-    tests/test_convert_mvit.py tests/test_layers.py
+  part 5_parity 180 python3 -m pytest -q -x tests/test_convert_x3d.py \
+    tests/test_convert_mvit.py tests/test_layers.py tests/test_convolutions.py
 fi
 cat "$summary"

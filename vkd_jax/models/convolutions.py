@@ -21,7 +21,8 @@ the same function another way:
   into a pad of the whole cotangent, one per tap; the input gradient here is one more
   shift-and-multiply of the cotangent, padded once, with the flipped kernel, split by
   stride phase so a strided conv does no work on the zeros a dilated cotangent would
-  hold, and the kernel gradient one reduction per tap;
+  hold, and the kernel gradient one variadic reduction over every tap per output
+  frame (one frame's data stays in cache for all of them);
 * a kernel that tiles its input (kernel = stride, no padding: patch embeddings) as a
   reshape into patches and one matrix product;
 * ``1x1x1`` as subsample-then-matmul;
