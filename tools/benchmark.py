@@ -56,6 +56,7 @@ from vkd_jax import (  # noqa: E402
     residual_fit,
     sharding,
     stages,
+    startup,
     train_step,
 )
 from vkd_jax.losses import objective  # noqa: E402
@@ -141,7 +142,8 @@ def forward_rows(
     for name, spec in specs.items():
         model = models.get_model(spec.name, variant=spec.variant, num_classes=400, dtype=dtype,
                                  input_size=(t, s, s))  # fmt: skip
-        variables = jax.jit(lambda r, m=model: m.init(r, video[:1], train=False))(jax.random.key(0))
+        init = startup.jit_init(lambda r, m=model: m.init(r, video[:1], train=False))
+        variables = init(jax.random.key(0))
         macs = evaluation.count_macs(model, variables, (t, s, s))
         torch_ms = None
         if torch_too:
@@ -226,31 +228,27 @@ def bench(
     teachers = {n: make(config.teachers[n]) for n in names}
     video = jnp.zeros((2, t, s, s, 3), jnp.float32)
     t_init = time.perf_counter()
-    # (jit drops the init's unused forward pass: what compiles is the initializers.)
+    # Random teachers (the trainer restores them from model directories instead), and the
+    # state as the trainer makes it: vkd_jax.startup (what jit compiles of an init is its
+    # initializers: the forward pass is dropped as unused).
     teacher_vars = {
-        n: jax.jit(lambda r, m=m: m.init(r, video, train=False))(jax.random.key(i))
+        n: startup.jit_init(lambda r, m=m: m.init(r, video, train=False))(jax.random.key(i))
         for i, (n, m) in enumerate(teachers.items())
     }
     heads = objective.DistillationHeads(loss_cfg=loss_cfg, dtype=dtype)
     tx, schedule = train_step.make_optimizer(config.optim, 1000)
-    init = jax.jit(
-        lambda r, tv: train_step.init_state(
+    t_abstract = startup.abstract_tree(teacher_vars)
+    prepared = startup.prepare(
+        init=lambda r: train_step.init_state(
             rng=r,
             student=student,
             heads=heads,
             teachers=teachers,
-            teacher_vars=tv,
+            teacher_vars=t_abstract,
             tx=tx,
             video=video,
         ),
-        out_shardings=repl,
-    )
-    teacher_vars = jax.device_put(teacher_vars, repl)
-    state = init(jax.random.key(0), teacher_vars)
-    jax.block_until_ready(state)
-    init_s = time.perf_counter() - t_init
-    step = jax.jit(
-        train_step.make_train_step(
+        step=train_step.make_train_step(
             student=student,
             heads=heads,
             teachers=teachers,
@@ -262,10 +260,13 @@ def bench(
             rng=jax.random.key(1),
             accum_steps=config.optim.grad_accum_steps,
         ),
-        in_shardings=(repl, repl, data),
-        out_shardings=(repl, repl),
-        donate_argnums=(0,),
+        rng=jax.random.key(0),
+        mesh=mesh,
     )
+    teacher_vars = jax.device_put(teacher_vars, repl)
+    state, step = prepared.state, prepared.step
+    jax.block_until_ready((state, teacher_vars))
+    init_s = time.perf_counter() - t_init
     rng = np.random.default_rng(0)
     batch_arrays = jax.device_put(
         {

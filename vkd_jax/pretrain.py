@@ -34,6 +34,7 @@ from vkd_jax import (
     pretext,
     sharding,
     stages,
+    startup,
     storage,
     train,
     train_step,
@@ -261,10 +262,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     queue_size = queue_length(pcfg, task, global_batch)
     s = int(config.data.crop_size)
     sample = jnp.zeros((2, task.num_frames, s, s, 3), jnp.float32)
-    repl = sharding.replicated(mesh)
-    init = jax.jit(
-        lambda rng: init_state(
-            rng=rng,
+    rng = jax.random.key(config.seed)
+    prepared = startup.prepare(
+        init=lambda r: init_state(
+            rng=r,
             backbone=backbone,
             head=head,
             task=task,
@@ -273,28 +274,26 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             sample=sample,
             queue_size=queue_size,
         ),
-        out_shardings=repl,
+        step=make_pretrain_step(
+            backbone=backbone,
+            head=head,
+            task=task,
+            pretext_cfg=pcfg,
+            tx=tx,
+            schedule=schedule,
+            rng=jax.random.fold_in(rng, 2),
+        ),
+        rng=jax.random.fold_in(rng, 1),
+        mesh=mesh,
+        replicated_args=0,
+        workdir=workdir,
+        max_to_keep=config.train.max_to_keep,
     )
-    rng = jax.random.key(config.seed)
-    manager, restored = train.open_checkpoints(
-        init, (rng,), repl, workdir, config.train.max_to_keep
-    )
-    state, start_step = (init(jax.random.fold_in(rng, 1)), 0) if restored is None else restored
-
-    step_fn = make_pretrain_step(
-        backbone=backbone,
-        head=head,
-        task=task,
-        pretext_cfg=pcfg,
-        tx=tx,
-        schedule=schedule,
-        rng=jax.random.fold_in(rng, 2),
-    )
-    p_step = jax.jit(
-        step_fn,
-        in_shardings=(repl, sharding.data_sharding(mesh)),
-        out_shardings=(repl, repl),
-        donate_argnums=(0,),
+    state, start_step, manager, p_step = (
+        prepared.state,
+        prepared.start_step,
+        prepared.manager,
+        prepared.step,
     )
 
     # ------------------------------------------------------------------- loop

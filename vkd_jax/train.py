@@ -13,7 +13,8 @@ What the story uses lives next to what it serves: the stage description
 (``Stage``, ``supervised_loss``) in :mod:`vkd_jax.stages`; teacher loading and
 the SIGTERM guard in :mod:`vkd_jax.checkpoint`; the metrics history in
 :mod:`vkd_jax.mechanism`; evaluation on the eval split in :mod:`vkd_jax.evaluation`;
-the jitted step in :mod:`vkd_jax.train_step`.
+the step in :mod:`vkd_jax.train_step`; the state's init or restore and the
+jitted step in :mod:`vkd_jax.startup`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from vkd_jax import (
     models,
     residual_fit,
     sharding,
+    startup,
     storage,
     train_step,
 )
@@ -56,7 +58,6 @@ __all__ = [
     "MECHANISM_FILE",
     "NonFiniteLossError",
     "Stage",
-    "open_checkpoints",
     "run",
     "student_variables",
     "train_loop",
@@ -118,53 +119,49 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
     heads = objective.DistillationHeads(loss_cfg=loss_cfg, dtype=dtype)
     tx, schedule = train_step.make_optimizer(config.optim, stage.num_steps)
 
-    # ------------------------------------------------------------------ state
+    # ------------------------------------------------------------- state, step
     repl = sharding.replicated(mesh)
+    teacher_vars = jax.device_put(teacher_vars, repl)
+    # Fitted constants of the objective (the SDD residual map), stored with the stage.
+    constants = residual_fit.stage_constants(config, stage, teachers, teacher_vars)
+    # The init reads only the teachers' shapes: it never runs them (vkd_jax.startup).
+    t_abstract = startup.abstract_tree(teacher_vars)
     sample = jnp.zeros((2, t, s, s, 3), jnp.float32)
-    init = jax.jit(
-        lambda rng, tv: train_step.init_state(
-            rng=rng,
+    rng = jax.random.key(config.seed)
+    prepared = startup.prepare(
+        init=lambda r: train_step.init_state(
+            rng=r,
             student=student,
             heads=heads,
             teachers=teachers,
-            teacher_vars=tv,
+            teacher_vars=t_abstract,
             tx=tx,
             video=sample,
         ),
-        out_shardings=repl,
+        step=train_step.make_train_step(
+            student=student,
+            heads=heads,
+            teachers=teachers,
+            loss_cfg=loss_cfg,
+            constants=constants,
+            tx=tx,
+            schedule=schedule,
+            rng=jax.random.fold_in(rng, 2),
+            accum_steps=config.optim.grad_accum_steps,
+        ),
+        rng=jax.random.fold_in(rng, 1),
+        mesh=mesh,
+        workdir=stage.workdir,
+        max_to_keep=config.train.max_to_keep,
     )
-    rng = jax.random.key(config.seed)
-    teacher_vars = jax.device_put(teacher_vars, repl)
-    manager, restored = open_checkpoints(
-        init, (rng, teacher_vars), repl, stage.workdir, config.train.max_to_keep
+    state, start_step, manager, p_step = (
+        prepared.state,
+        prepared.start_step,
+        prepared.manager,
+        prepared.step,
     )
-    if restored is None:
-        state, start_step = init(jax.random.fold_in(rng, 1), teacher_vars), 0
-        if stage.init_checkpoint:
-            state = _initialize_from(state, stage, tx, repl)
-    else:
-        state, start_step = restored
-
-    # ------------------------------------------------------------------- step
-    # Fitted constants of the objective (the SDD residual map), stored with the stage.
-    constants = residual_fit.stage_constants(config, stage, teachers, teacher_vars)
-    step_fn = train_step.make_train_step(
-        student=student,
-        heads=heads,
-        teachers=teachers,
-        loss_cfg=loss_cfg,
-        constants=constants,
-        tx=tx,
-        schedule=schedule,
-        rng=jax.random.fold_in(rng, 2),
-        accum_steps=config.optim.grad_accum_steps,
-    )
-    p_step = jax.jit(
-        step_fn,
-        in_shardings=(repl, repl, sharding.data_sharding(mesh)),
-        out_shardings=(repl, repl),
-        donate_argnums=(0,),
-    )
+    if not prepared.restored and stage.init_checkpoint:
+        state = _initialize_from(state, stage, tx, repl)
 
     # ------------------------------------------------------------------- loop
     writer = metric_writers.create_default_writer(
@@ -248,22 +245,6 @@ def _eval_scores(config, model, info, mesh, step, state) -> dict[str, float]:
         config, model, student_variables(state), info, mesh=mesh, step=step
     )
     return {"top1": summary["top1"], "top5": summary["top5"]}
-
-
-def open_checkpoints(init, args, repl, workdir: str, max_to_keep: int):
-    """The stage's checkpoint manager, and its latest ``(state, step)`` or None.
-
-    The state is restored onto the shapes and (replicated) shardings ``init(*args)``
-    would produce, without running ``init``.
-    """
-    abstract = jax.eval_shape(init, *args)
-    abstract = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract
-    )
-    manager = checkpoint.checkpoint_manager(
-        os.path.join(workdir, "checkpoints"), max_to_keep=max_to_keep
-    )
-    return manager, checkpoint.restore_state(manager, abstract)
 
 
 def _initialize_from(state, stage: Stage, tx, repl) -> train_step.TrainState:

@@ -117,16 +117,20 @@ def init_state(
 ) -> TrainState:
     """Initializes the student, the training-only heads and the optimizer state.
 
-    ``video`` is a sample batch (only its shape matters); the heads need the
-    teachers' feature shapes, so the teachers run once on it.
+    ``video`` is a sample batch (only its shape matters). The heads need the
+    teachers' feature shapes only: they come from ``jax.eval_shape``, so the
+    teachers never run here and ``teacher_vars`` may be ``jax.ShapeDtypeStruct``
+    leaves (what :func:`vkd_jax.startup.abstract_tree` gives).
     """
     rng_student, rng_heads = jax.random.split(rng)
     variables = student.init(rng_student, video, train=False)
     _, student_features = student.apply(variables, video, train=False)
-    t_out = teacher_outputs(teachers, teacher_vars, video)
-    head_vars = heads.init(
-        rng_heads, student_features, {n: o[1] for n, o in t_out.items()}, train=False
+    t_shapes = jax.eval_shape(lambda tv, v: teacher_outputs(teachers, tv, v), teacher_vars, video)
+    # Zeros of the teachers' feature shapes: the heads' initial values depend on shapes only.
+    t_features = jax.tree_util.tree_map(
+        lambda a: jnp.zeros(a.shape, a.dtype), {n: o[1] for n, o in t_shapes.items()}
     )
+    head_vars = heads.init(rng_heads, student_features, t_features, train=False)
     params = {"student": variables["params"], "heads": head_vars.get("params", {})}
     return TrainState(
         step=jnp.zeros((), jnp.int32),

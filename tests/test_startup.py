@@ -1,0 +1,160 @@
+"""vkd_jax.startup: the init keeps every seed's values, teachers are restored, never initialized."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from vkd_jax import checkpoint, config_lib, models, sharding, startup, train_step
+from vkd_jax.losses import objective
+from vkd_jax.models import vit
+
+CLIP = (4, 16, 16)
+
+
+def _assert_identical(a, b):
+    la, lb = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_leaves(b)
+    assert len(la) == len(lb)
+    for (path, x), y in zip(la, lb, strict=True):
+        np.testing.assert_array_equal(
+            np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path)
+        )
+
+
+@pytest.mark.parametrize(
+    "name,variant", [("x3d", "tiny"), ("vit", "tiny"), ("mvit", "tiny"), ("r2plus1d", "tiny")]
+)
+def test_jit_init_gives_the_default_compilers_values_bit_for_bit(name, variant):
+    """The lower optimization level changes the compile time, not a seed's parameters."""
+    model = models.get_model(name, variant=variant, num_classes=5, input_size=CLIP)
+    video = jnp.zeros((1, *CLIP, 3))
+    init = lambda r: model.init(r, video, train=False)
+    assert startup.init_compiler_options("cpu") == {"xla_backend_optimization_level": 1}
+    key = jax.random.key(7)
+    _assert_identical(startup.jit_init(init)(key), jax.jit(init)(key))
+
+
+def _distill_setup(teacher_vars_for_init):
+    cfg = config_lib.default_config()
+    loss_cfg = ml_collections.FrozenConfigDict(cfg.loss)
+    student = models.get_model("x3d", variant="tiny", num_classes=5)
+    teachers = {
+        "cnn": models.get_model("x3d", variant="tiny_m", num_classes=5),
+        "vit": models.get_model("vit", variant="tiny", num_classes=5, input_size=CLIP),
+    }
+    heads = objective.DistillationHeads(loss_cfg=loss_cfg)
+    tx, schedule = train_step.make_optimizer(cfg.optim, 10)
+    video = jnp.zeros((2, *CLIP, 3))
+    return student, teachers, heads, tx, schedule, loss_cfg, video
+
+
+def test_prepared_state_equals_the_previous_init_with_teachers_run():
+    """The state from startup.prepare (teachers' shapes only, init at level 1) equals the
+    former initialization (teachers run on the sample, default compiler) bit for bit."""
+    student, teachers, heads, tx, schedule, loss_cfg, video = _distill_setup(None)
+    teacher_vars = {
+        n: m.init(jax.random.key(i), video[:1], train=False)
+        for i, (n, m) in enumerate(teachers.items())
+    }
+    before = jax.jit(
+        lambda r, tv: train_step.init_state(
+            rng=r,
+            student=student,
+            heads=heads,
+            teachers=teachers,
+            teacher_vars=tv,
+            tx=tx,
+            video=video,
+        )  # fmt: skip
+    )(jax.random.key(3), teacher_vars)
+    t_abstract = startup.abstract_tree(teacher_vars)
+    prepared = startup.prepare(
+        init=lambda r: train_step.init_state(
+            rng=r,
+            student=student,
+            heads=heads,
+            teachers=teachers,
+            teacher_vars=t_abstract,
+            tx=tx,
+            video=video,
+        ),  # fmt: skip
+        step=train_step.make_train_step(
+            student=student,
+            heads=heads,
+            teachers=teachers,
+            loss_cfg=loss_cfg,
+            tx=tx,
+            schedule=schedule,
+            rng=jax.random.key(4),
+        ),  # fmt: skip
+        rng=jax.random.key(3),
+        mesh=sharding.make_mesh(1),
+    )
+    assert not prepared.restored and prepared.start_step == 0 and prepared.manager is None
+    assert set(prepared.state.params["heads"]) == {"sdd_branch"}
+    _assert_identical(prepared.state, before)
+    # The jitted step takes the state and the teachers' variables as the trainer passes them.
+    rng = np.random.default_rng(0)
+    batch = {"video": jnp.asarray(rng.standard_normal((2, *CLIP, 3)), jnp.float32),
+             "label": jnp.array([0, 1])}  # fmt: skip
+    state, metrics = prepared.step(prepared.state, teacher_vars, batch)
+    assert bool(metrics["finite"]) and int(state.step) == 1
+
+
+def test_a_teacher_restored_from_a_model_directory_is_never_initialized(tmp_path, monkeypatch):
+    """Loading teachers and preparing the state neither runs a teacher's init on values nor
+    compiles anything for it: the shapes come from jax.eval_shape, the values from disk."""
+    student, teachers, heads, tx, schedule, loss_cfg, video = _distill_setup(None)
+    cfg = config_lib.default_config()
+    saved = {}
+    for i, (n, m) in enumerate(teachers.items()):
+        saved[n] = m.init(jax.random.key(10 + i), video[:1], train=False)
+        name, variant = ("x3d", "tiny_m") if n == "cnn" else ("vit", "tiny")
+        meta = {"name": name, "variant": variant, "num_classes": 5, "num_frames": CLIP[0],
+                "crop_size": CLIP[1]}  # fmt: skip
+        checkpoint.save_model(str(tmp_path / n), saved[n], meta)
+        cfg.teachers[n].name, cfg.teachers[n].variant = name, variant
+        cfg.teachers[n].checkpoint = str(tmp_path / n)
+
+    concrete_calls = []
+    original = vit.ViT.init
+
+    def spy(self, rngs, *args, **kwargs):
+        leaves = jax.tree_util.tree_leaves((rngs, args))
+        if not any(isinstance(x, jax.core.Tracer) for x in leaves):
+            concrete_calls.append(args)  # An init on values, not an abstract trace.
+        return original(self, rngs, *args, **kwargs)
+
+    monkeypatch.setattr(vit.ViT, "init", spy)
+    compiles = []
+    listener = lambda event, duration, **kw: compiles.append(event)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        modules, restored = checkpoint.load_teachers(
+            cfg.teachers, ("cnn", "vit"), 5, dtype=jnp.float32, clip=CLIP[:2]
+        )
+        compiled_by_loading = [e for e in compiles if "backend_compile" in e]
+        t_abstract = startup.abstract_tree(restored)
+        startup.prepare(
+            init=lambda r: train_step.init_state(
+                rng=r,
+                student=student,
+                heads=heads,
+                teachers=modules,
+                teacher_vars=t_abstract,
+                tx=tx,
+                video=video,
+            ),  # fmt: skip
+            step=lambda s, tv, b: (s, {}),
+            rng=jax.random.key(0),
+            mesh=sharding.make_mesh(1),
+        )
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert isinstance(modules["vit"], vit.ViT)
+    assert concrete_calls == [], "a teacher was initialized on values"
+    assert compiled_by_loading == [], compiled_by_loading
+    _assert_identical(restored, saved)
