@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vkd_jax import checkpoint, config_lib, models, sharding, startup, train_step
+from vkd_jax import checkpoint, config_lib, models, residual_fit, sharding, startup, train_step
 from vkd_jax.losses import objective
 from vkd_jax.models import vit
 
@@ -86,6 +86,7 @@ def test_prepared_state_equals_the_previous_init_with_teachers_run():
             heads=heads,
             teachers=teachers,
             loss_cfg=loss_cfg,
+            constants=residual_fit.shape_constants(loss_cfg, teachers, teacher_vars, video),
             tx=tx,
             schedule=schedule,
             rng=jax.random.key(4),
