@@ -45,6 +45,11 @@ def get_config() -> ml_collections.ConfigDict:
     # ensemble (configs/ensembles/)
     c.mode = "experiment"
     c.seed = 0  # Seeds parameters, data order, augmentation and dropout.
+    # A stage's folder records the settings that shape its model (config.json; the keys
+    # vkd_jax.rundir.NOT_SHAPING lists may change freely). Resuming or skipping it with
+    # other settings stops the run, unless this is True: then the run goes on with the new
+    # ones and the change is recorded in the stage's config_changes.json.
+    c.allow_config_change = False
 
     # ---------------------------------------------------------------- data
     c.data = d = ml_collections.ConfigDict()

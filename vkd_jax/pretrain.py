@@ -32,6 +32,7 @@ from vkd_jax import (
     evaluation,
     models,
     pretext,
+    rundir,
     sharding,
     stages,
     startup,
@@ -235,6 +236,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     and writes the held-out pretext accuracy (``pretext.eval_split``) to
     ``<workdir>/pretext.json``. A finished stage is not run again.
     """
+    rundir.claim(  # One config's run per folder (see vkd_jax.rundir).
+        workdir,
+        rundir.pretrain_settings(config, stages.trained_spec(config)),
+        allow_change=bool(config.get("allow_config_change", False)),
+        name="pretrain",
+        config=config,
+    )
     summary_path = os.path.join(workdir, SUMMARY_FILE)
     model_dir = os.path.join(workdir, "model")
     if storage.isfile(summary_path) and storage.isfile(

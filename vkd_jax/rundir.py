@@ -197,3 +197,153 @@ def hold(workdir: str, *, command: Sequence[str] | None = None) -> Iterator[Work
     finally:
         if lock is not None:
             lock.release()
+
+
+# ------------------------------------------------------------ a stage's settings
+
+CONFIG_FILE = "config.json"  # A stage's resolved settings (and its whole config, for the record).
+CHANGES_FILE = "config_changes.json"  # Changes allowed by config.allow_config_change.
+
+# The config keys a stage reads that do NOT shape its trained model: where the data
+# lives, how the run is logged, checkpointed and evaluated, and input speed. A resumed
+# or finished stage may differ from its recorded settings in these; any other difference
+# stops the run (`claim`). Sections a stage never reads for training (eval, cka, probe,
+# export, mesh, compilation_cache, mode, ...) are not recorded at all: `stage_settings`
+# takes the model, loss, steps, teachers and split from the stage, and data, optim,
+# train.batch_size, seed and dtype from the config.
+NOT_SHAPING = (
+    "data.data_dir",
+    "data.eval_split",
+    "data.eval_num_clips",
+    "data.eval_num_crops",
+    "data.prefetch",
+    "data.folder.num_workers",
+    "train.log_every",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.max_to_keep",
+    "train.eval_batch_size",
+)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if hasattr(tree, "to_dict"):
+        tree = tree.to_dict()
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key in sorted(tree):
+            out.update(_flatten(tree[key], f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _settings(tree: dict[str, Any]) -> dict[str, Any]:
+    flat = {k: v for k, v in _flatten(tree).items() if k not in NOT_SHAPING}
+    return json.loads(json.dumps(flat, default=list))  # Tuples as JSON reads them back.
+
+
+def stage_settings(config: Any, stage: Any) -> dict[str, Any]:
+    """The settings that shape a training stage's model (`vkd_jax.stages.Stage`), flat
+    (``loss.temperature``), as JSON values."""
+    return _settings(
+        {
+            "seed": int(config.seed),
+            "dtype": config.dtype,
+            "data": dict(
+                config.data.to_dict(), train_split=stage.train_split or config.data.train_split
+            ),
+            "optim": config.optim,
+            "train": {"batch_size": int(config.train.batch_size), "num_steps": stage.num_steps},
+            "model": stage.model,
+            "loss": stage.loss,
+            "teachers": {name: spec for name, spec in dict(stage.teachers).items()},
+            "init_checkpoint": stage.init_checkpoint,
+        }
+    )
+
+
+def pretrain_settings(config: Any, spec: Any) -> dict[str, Any]:
+    """The settings that shape a pretraining stage's model."""
+    return _settings(
+        {
+            "seed": int(config.seed),
+            "dtype": config.dtype,
+            "data": config.data,
+            "optim": config.optim,
+            "train": {
+                "batch_size": int(config.train.batch_size),
+                "num_steps": int(config.train.num_steps),
+            },
+            "model": spec,
+            "pretext": config.pretext,
+            "init_checkpoint": config.init_checkpoint,
+        }
+    )
+
+
+def differing_keys(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
+    missing = object()
+    return sorted(k for k in set(have) | set(want) if have.get(k, missing) != want.get(k, missing))
+
+
+def claim(
+    stage_dir: str, settings: dict[str, Any], *, allow_change: bool, name: str, config: Any = None
+) -> None:
+    """Records ``settings`` in ``<stage_dir>/config.json``, or checks them against the
+    ones recorded there by an earlier run of the stage.
+
+    Raises:
+      errors.ConfigChangedError: the recorded settings differ and ``allow_change`` is
+        False; the message lists the differing keys and the two ways on.
+    """
+    import jax
+
+    path = os.path.join(stage_dir, CONFIG_FILE)
+    record = {"settings": settings}
+    if config is not None:
+        record["config"] = json.loads(json.dumps(_flatten(config), default=list))
+    if storage.isfile(path):
+        have = storage.read_json(path).get("settings", {})
+        diff = differing_keys(have, settings)
+        if not diff:
+            return
+        shown = ", ".join(diff[:8]) + (f" and {len(diff) - 8} more" if len(diff) > 8 else "")
+        if not allow_change:
+            raise errors.ConfigChangedError(
+                f"stage {name} in {stage_dir} was run with other settings ({shown} differ; "
+                f"{CONFIG_FILE} there has the recorded ones): give a new --workdir, or pass "
+                "--config.allow_config_change=True to continue it with these (recorded in "
+                f"{CHANGES_FILE})"
+            )
+        logging.warning(
+            "Stage %s continues with changed settings (%s), as config.allow_config_change "
+            "allows; recorded in %s.",
+            name,
+            shown,
+            os.path.join(stage_dir, CHANGES_FILE),
+        )
+        if jax.process_index() == 0:
+            changes_path = os.path.join(stage_dir, CHANGES_FILE)
+            changes = storage.read_json(changes_path) if storage.isfile(changes_path) else []
+            changes.append(
+                {
+                    "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                    "command": " ".join(sys.argv),
+                    "changed": {k: [have.get(k), settings.get(k)] for k in diff},
+                }
+            )
+            storage.write_json(changes_path, changes, indent=1)
+    if jax.process_index() == 0:
+        storage.makedirs(stage_dir)
+        storage.write_json(path, record, indent=1)
+
+
+def claim_stage(config: Any, stage: Any) -> None:
+    """`claim` for a `vkd_jax.stages.Stage` trained with ``config``."""
+    claim(
+        stage.workdir,
+        stage_settings(config, stage),
+        allow_change=bool(config.get("allow_config_change", False)),
+        name=stage.name,
+        config=config,
+    )

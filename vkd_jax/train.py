@@ -41,6 +41,7 @@ from vkd_jax import (
     mechanism,
     models,
     residual_fit,
+    rundir,
     sharding,
     startup,
     storage,
@@ -78,6 +79,9 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
       ``<stage.workdir>/eval.json``. A finished stage is not run again: its
       stored summary is returned.
     """
+    # A stage's folder holds one config's run: resuming or skipping it with settings that
+    # shape the model differently stops here (config.allow_config_change lets it go on).
+    rundir.claim_stage(config, stage)
     eval_path = os.path.join(stage.workdir, evaluation.EVAL_FILE)
     model_dir = os.path.join(stage.workdir, "model")
     if storage.isfile(eval_path) and storage.isfile(
