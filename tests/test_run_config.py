@@ -80,3 +80,17 @@ def test_a_finished_stage_rerun_with_other_steps_is_refused(tiny_data_dir, tmp_p
     config.optim.learning_rate = 0.5
     with pytest.raises(errors.ConfigChangedError, match=r"optim\.learning_rate, train\.num_steps"):
         train.run(config, _stage(config, tmp_path))
+
+
+def test_results_md_states_the_settings_that_differ_from_the_defaults():
+    config = config_lib.default_config()
+    text = "\n".join(rundir.settings_markdown(config, config_lib.default_config()))
+    assert "temperature 4.0" in text and "teacher weighting `datw`" in text
+    assert "300 steps" in text and "student split `train[:12.5%]`" in text
+    assert "Every other setting is configs/default.py's." in text
+    config.loss.temperature = 1.0
+    config.train.num_steps = 50
+    config.train.log_every = 3  # Not a result's setting: not listed.
+    text = "\n".join(rundir.settings_markdown(config, config_lib.default_config()))
+    assert "`loss.temperature` = 1.0 (default 4.0)" in text
+    assert "`train.num_steps` = 50 (default 300)" in text and "log_every" not in text

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vkd_jax import evaluation, reporting, stages, storage, train
+from vkd_jax import config_lib, evaluation, reporting, rundir, stages, storage, train
 from vkd_jax.data import pipeline
 from vkd_jax.losses import objective
 
@@ -179,6 +179,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
         distill, teacher_summaries, batch_size=config.eval.latency_batch_size
     )
     markdown = _results_markdown(rows, results)
+    markdown += "\n".join(rundir.settings_markdown(config, config_lib.default_config())) + "\n"
     _write_results(workdir, results, markdown)
     print(markdown)
     return results

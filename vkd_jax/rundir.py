@@ -347,3 +347,52 @@ def claim_stage(config: Any, stage: Any) -> None:
         name=stage.name,
         config=config,
     )
+
+
+# ------------------------------------------------------------- results.md's settings
+
+# Sections of a config whose values shape an experiment's results (what `settings_markdown`
+# compares with configs/default.py); NOT_SHAPING keys are left out.
+_RESULT_SECTIONS = ("seed", "dtype", "data", "optim", "train", "loss", "student", "teachers",
+                    "experiment", "init_checkpoint")  # fmt: skip
+
+
+def settings_markdown(config: Any, default: Any) -> list[str]:
+    """Lines for ``results.md``: the distillation stage's settings, and every setting
+    that shapes the results and differs from ``default`` (configs/default.py's config),
+    so that a table is never read as the result of other settings."""
+    lo, e = config.loss, config.get("experiment", {})
+    split = (e.get("student_train_split", "") if e else "") or config.data.train_split
+    weights = ", ".join(
+        f"{name} {lo[key]}"
+        for name, key in (("CE", "ce_weight"), ("KD", "kd_weight"), ("SDD", "sdd_weight"),
+                          ("RKD-D", "rkd_distance_weight"), ("RKD-A", "rkd_angle_weight"),
+                          ("feature KD", "feature_kd_weight"))  # fmt: skip
+    )
+    lines = [
+        "",
+        "Settings (each stage's folder records its own in config.json):",
+        "",
+        f"- Distillation: temperature {lo.temperature}; loss weights {weights}; teacher "
+        f"weighting `{lo.teacher_weighting}`; {config.train.num_steps} steps; student split "
+        f"`{split}`; seed {config.seed}.",
+    ]
+    have = {k: v for k, v in _flatten(config).items() if k.split(".")[0] in _RESULT_SECTIONS}
+    base = _flatten(default)
+    missing = object()
+    changed = [
+        k
+        for k in sorted(have)
+        if k not in NOT_SHAPING
+        and json.dumps(have[k], default=list) != json.dumps(base.get(k, missing), default=str)
+    ]
+    if not changed:
+        lines.append("- Every other setting is configs/default.py's.")
+    else:
+        shown = "; ".join(
+            f"`{k}` = {json.dumps(have[k], default=list)} "
+            f"(default {json.dumps(base[k], default=list) if k in base else 'none'})"
+            for k in changed
+        )
+        lines.append(f"- Differ from configs/default.py: {shown}.")
+    return lines
