@@ -93,3 +93,45 @@ def test_the_cli_is_refused_on_a_busy_workdir_before_any_compute(tmp_path):
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("vkd_jax: error: workdir in use") and f"pid {proc.pid}" in last, last
     assert sorted(os.listdir(workdir)) == [rundir.LOCK_FILE]  # Nothing of the second run.
+
+
+_MULTI = (
+    "import sys, jax\n"
+    "jax.config.update('jax_platforms', 'cpu')\n"
+    "pid, port, d = int(sys.argv[1]), sys.argv[2], sys.argv[3]\n"
+    "jax.distributed.initialize(f'127.0.0.1:{port}', num_processes=2, process_id=pid)\n"
+    "from vkd_jax import errors, rundir\n"
+    "try:\n"
+    "    with rundir.hold(d):\n"
+    "        print('HELD', jax.process_index(), flush=True)\n"
+    "except errors.WorkdirBusyError as e:\n"
+    "    print('BUSY', jax.process_index(), e, flush=True)\n"
+)
+
+
+def _two_processes(workdir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {k: v for k, v in _env().items() if k != "XLA_FLAGS"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _MULTI, str(i), port, str(workdir)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         cwd=ROOT)  # fmt: skip
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    # Only our lines (the collectives' library prints its own).
+    return [next(ln for ln in o[0].splitlines() if ln.startswith(("HELD", "BUSY"))) for o in outs]
+
+
+def test_a_multi_process_job_shares_one_lock_and_stops_together(tmp_path):
+    """Process 0 holds the lock for the job; when it cannot, every process stops."""
+    assert _two_processes(tmp_path) == ["HELD 0", "HELD 1"]
+    assert not os.path.exists(rundir.lock_path(str(tmp_path)))  # Released at the end.
+    with open(rundir.lock_path(str(tmp_path)), "w") as f:
+        json.dump({"host": "elsewhere", "pid": 1, "started": time.time()}, f)
+    out = _two_processes(tmp_path)
+    assert out[0].startswith("BUSY 0 ") and "host elsewhere" in out[0], out
+    assert out[1].startswith("BUSY 1 ") and "process 0 could not take" in out[1], out
