@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vkd_jax import evaluation, export, models  # noqa: E402
+from vkd_jax import evaluation, export, models, runtime  # noqa: E402
 
 STUDENT = ("x3d", "s")
 TEACHERS = {"CNN teacher": ("x3d", "m"), "ViT teacher": ("mvit", "v2_s")}
@@ -80,8 +80,8 @@ def runtimes(args) -> list[tuple[str, dict[str, float] | str]]:
         "num_frames": pixels.shape[1],
         "crop_size": pixels.shape[2],
     }
-    prep = export.preprocessing(meta)
-    fn = jax.jit(export.logits_fn(model, variables, prep))
+    prep = runtime.preprocessing(meta)
+    fn = jax.jit(runtime.logits_fn(model, variables, prep))
     rows: list[tuple[str, dict[str, float] | str]] = []
     iters, warmup = args.iters, args.warmup
     if "flax" not in args.skip:
@@ -109,8 +109,8 @@ def runtimes(args) -> list[tuple[str, dict[str, float] | str]]:
             )
             for fmt, title in (("tflite", "LiteRT (float32, XNNPACK)"), ("onnx", "onnxruntime")):
                 if fmt in wanted:
-                    run = export.load_runner(
-                        os.path.join(out, export.FILES[fmt]), num_threads=args.threads
+                    run = runtime.load_runner(
+                        os.path.join(out, runtime.FILES[fmt]), num_threads=args.threads
                     )
                     rows.append(
                         (title, timed(lambda run=run: run(pixels), iters=iters, warmup=warmup))
