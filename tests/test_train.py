@@ -129,6 +129,8 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_data_dir, tmp_path
 
     monkeypatch.setattr(objective, "total_loss", nan_loss)
     config.train.num_steps = 4
+    # More steps than the finished run recorded: allowed explicitly (the changed-config check).
+    config.allow_config_change = True
     with pytest.raises(train.NonFiniteLossError, match="step 3"):
         train.run(config, train.Stage("s", workdir, config.student, loss, 4))
     manager = checkpoint.checkpoint_manager(os.path.join(workdir, "checkpoints"), max_to_keep=5)
