@@ -32,4 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.ablation.variants = (
         "scratch", "kd_cnn", "kd_vit", "uniform_dual", "datw", "datw_sdd", "datw_sdd_rkd",
     )  # fmt: skip
+    # Folders searched for finished student stages recorded with a row's exact settings
+    # (e.g. tools/screen.py's workdirs): such a stage is linked in and evaluated on
+    # data.eval_split instead of being trained again. () = train every stage here.
+    c.ablation.reuse_from = ()
     return c

@@ -1,11 +1,13 @@
 """tools/screen.py: presets name real config keys, the paired table, a tiny row."""
 
+import os
+
 import pytest
 from conftest import tiny_config
 
 from tools import screen
 from tools.diagnose_learning import parse_row
-from vkd_jax import config_lib, reporting
+from vkd_jax import config_lib, evaluation, reporting
 
 
 @pytest.mark.parametrize("preset", sorted(screen.PRESETS))
@@ -37,7 +39,33 @@ def test_a_scratch_row_trains_per_seed_and_test_is_refused(tiny_data_dir, tmp_pa
                        [0, 1], str(tmp_path), {})  # fmt: skip
     assert len(r["top1"]) == 2 and all(0.0 <= a <= 1.0 for a in r["top1"])
     assert (tmp_path / "scratch_lr_seed1" / "eval.json").is_file()
+    # A shard trains only its stages; the other shard's are left alone.
+    half = screen.run_row(config, "other", {"scratch": True}, [0, 1], str(tmp_path), {},
+                          train_only=lambda seed: seed == 1)  # fmt: skip
+    assert len(half["top1"]) == 1 and (tmp_path / "other_seed1" / "eval.json").is_file()
+    assert not (tmp_path / "other_seed0").exists()
     with pytest.raises(SystemExit, match="needs teachers"):
         screen.run_row(config, "kd", {}, [0], str(tmp_path), {})
     with pytest.raises(SystemExit, match="test split"):
         screen.main(["--row", "a: scratch=True", "--split", "test"])
+
+
+def test_a_screened_stage_is_reused_by_settings_and_evaluated_on_the_new_split(
+    tiny_data_dir, tmp_path
+):
+    config = tiny_config(tiny_data_dir)
+    config.data.eval_split = "validation"
+    screened = screen.run_row(config, "s", {"scratch": True}, [0], str(tmp_path / "a"), {})
+    config.data.eval_split = "test"
+    reused = screen.run_row(config, "s", {"scratch": True}, [0], str(tmp_path / "b"), {},
+                            reuse_from=(str(tmp_path / "a"),))  # fmt: skip
+    assert os.path.islink(tmp_path / "b" / "s_seed0")
+    assert reused["seconds"] == screened["seconds"]  # Not trained again.
+    direct = evaluation.evaluate_checkpoint(
+        config, str(tmp_path / "a" / "s_seed0" / "model"), str(tmp_path / "direct")
+    )
+    assert reused["top1"] == [direct["top1"]]
+    # Other settings (another learning rate) are never reused.
+    screen.run_row(config, "s", {"scratch": True, "optim.learning_rate": 1e-2}, [0],
+                   str(tmp_path / "c"), {}, reuse_from=(str(tmp_path / "a"),))  # fmt: skip
+    assert not os.path.islink(tmp_path / "c" / "s_seed0")

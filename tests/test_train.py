@@ -68,6 +68,22 @@ def test_experiment_runs_end_to_end_and_resumes(tiny_data_dir, tmp_path):
     again = experiment.run_experiment(config, str(tmp_path))
     assert os.path.getmtime(tmp_path / "student_distill" / "eval.json") == mtime
     assert again["student_gain_top1"] == pytest.approx(results["student_gain_top1"])
+    assert again["models"]["student_distill"]["eval"]["split"] == "test"
+    # Asked for another split, a finished stage is evaluated there, never given the
+    # stored split's accuracy: its first eval.json stays, the new one goes beside it.
+    config.data.eval_split = "validation"
+    other = experiment.run_experiment(config, str(tmp_path))
+    distill = other["models"]["student_distill"]
+    assert distill["eval"]["split"] == "validation"
+    assert distill["seconds"] == results["models"]["student_distill"]["seconds"]
+    assert os.path.getmtime(tmp_path / "student_distill" / "eval.json") == mtime
+    direct = evaluation.evaluate_checkpoint(
+        config, str(tmp_path / "student_distill" / "model"), str(tmp_path / "direct")
+    )
+    assert distill["top1"] == direct["top1"]
+    assert distill["num_examples"] == direct["num_examples"]
+    assert other["models"]["teacher_cnn"]["eval"]["split"] == "validation"
+    assert evaluation.stored_evaluation(str(tmp_path / "student_distill"), config) is not None
 
 
 def test_missing_teacher_checkpoint_fails_before_compute(tiny_data_dir, tmp_path):

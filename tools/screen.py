@@ -91,8 +91,15 @@ def row_config(config, changes: dict) -> tuple[ml_collections.ConfigDict, bool]:
     return cfg, scratch
 
 
-def run_row(config, title: str, changes: dict, seeds, workdir: str, teacher_dirs) -> dict:
-    """Trains (or reuses) the row's student once per seed; returns its top-1s and seconds."""
+def run_row(
+    config, title: str, changes: dict, seeds, workdir: str, teacher_dirs, train_only=None,
+    reuse_from=(),
+) -> dict:
+    """Trains (or reuses) the row's student once per seed; returns its top-1s and seconds.
+
+    ``train_only(seed) -> bool``: with ``--shard``, the seeds this process trains (the
+    others are left to the other shards and get no result here).
+    """
     from vkd_jax import stages, train
     from vkd_jax.losses import objective
 
@@ -110,6 +117,8 @@ def run_row(config, title: str, changes: dict, seeds, workdir: str, teacher_dirs
     slug = "".join(c if c.isalnum() else "_" for c in title).strip("_")
     top1, seconds = [], 0.0
     for seed in seeds:
+        if train_only is not None and not train_only(seed):
+            continue
         cfg.seed = int(seed)
         summary = train.run(
             cfg,
@@ -122,6 +131,7 @@ def run_row(config, title: str, changes: dict, seeds, workdir: str, teacher_dirs
                 teachers=teachers,
                 train_split=cfg.experiment.student_train_split,
             ),
+            reuse_from=reuse_from,
         )
         top1.append(float(summary["top1"]))
         seconds += float(summary.get("seconds", 0.0))
@@ -166,7 +176,20 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--cnn", default="", help="CNN teacher model directory")
     parser.add_argument("--vit", default="", help="ViT teacher model directory")
     parser.add_argument("--set", action="append", default=[], help="key=value for every row")
+    parser.add_argument(
+        "--shard",
+        default="",
+        help="I/N: train only every N-th (row, seed) stage from the I-th, so N processes "
+        "share the 2 cores' work in one workdir; a run without --shard then writes the "
+        "table from the finished stages",
+    )
     args = parser.parse_args(argv)
+    shard = None
+    if args.shard:
+        index, _, count = args.shard.partition("/")
+        shard = (int(index), int(count))
+        if not 0 <= shard[0] < shard[1]:
+            raise SystemExit(f"screen: --shard {args.shard!r} is not I/N with 0 <= I < N")
     if args.split.startswith("test"):
         raise SystemExit("screen: the test split is for the final table only")
     from tools import benchmark
@@ -190,7 +213,13 @@ def main(argv=None) -> list[dict]:
     os.makedirs(args.workdir, exist_ok=True)
     started = time.time()
     results = []
-    for title, changes in rows:
+    for r, (title, changes) in enumerate(rows):
+        if shard is not None:
+            def mine(seed, r=r):  # Stages are dealt round-robin in (row, seed) order.
+                return (r * len(seeds) + seeds.index(seed)) % shard[1] == shard[0]
+
+            run_row(config, title, changes, seeds, args.workdir, teacher_dirs, train_only=mine)
+            continue
         results.append(run_row(config, title, changes, seeds, args.workdir, teacher_dirs))
         md = table(results, args.split, seeds)
         reporting.write_report(args.workdir, "screen", {"rows": results, "split": args.split,

@@ -26,6 +26,7 @@ import jax.extend as jex
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from vkd_jax import _deps, sharding, storage
 from vkd_jax.models import layers
@@ -412,6 +413,72 @@ def plot_confusion(
 # ------------------------------------------------------------ a model on a dataset
 
 EVAL_FILE = "eval.json"
+# Evaluations of a finished model on other splits or views than its first, one folder
+# each (<outdir>/evaluations/<split and views>/eval.json).
+OTHER_EVALUATIONS = "evaluations"
+
+
+def eval_setting(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """What a summary's accuracy depends on besides the model: the split and the views.
+
+    Stored in every summary (``summary["eval"]``), so a stored result is never returned
+    for another split (data.eval_split does not shape the model, so a finished stage
+    can be asked for a new one).
+    """
+    d = config.data
+    return {
+        "split": str(d.eval_split),
+        "num_clips": int(d.eval_num_clips),
+        "num_crops": int(d.eval_num_crops),
+    }
+
+
+def stored_evaluation(outdir: str, config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+    """The summary stored in ``outdir`` (or its OTHER_EVALUATIONS) for the config's
+    evaluation setting; None when there is none (a summary written before the setting
+    was recorded counts as none: it is evaluated again rather than trusted)."""
+    want = eval_setting(config)
+    for path in (
+        os.path.join(outdir, EVAL_FILE),
+        os.path.join(_other_evaluation_dir(outdir, want), EVAL_FILE),
+    ):
+        if storage.isfile(path):
+            summary = storage.read_json(path)
+            if summary.get("eval") == want:
+                return summary
+    return None
+
+
+def _other_evaluation_dir(outdir: str, setting: Mapping[str, Any]) -> str:
+    split = "".join(c if c.isalnum() else "_" for c in setting["split"]).strip("_")
+    name = f"{split}_{setting['num_clips']}x{setting['num_crops']}"
+    return os.path.join(outdir, OTHER_EVALUATIONS, name)
+
+
+def evaluate_again(
+    config: ml_collections.ConfigDict, outdir: str, model_dir: str, *, what: str
+) -> dict[str, Any]:
+    """A finished run's summary for the config's evaluation setting.
+
+    The summary in ``outdir/eval.json`` keeps the run's own fields (seconds, DATW
+    weights, ...). If it was measured on another split or views, the exported model in
+    ``model_dir`` is evaluated on the requested ones (once: the result is stored under
+    ``outdir/evaluations/``), and its accuracy replaces the stored one.
+    """
+    first = storage.read_json(os.path.join(outdir, EVAL_FILE))
+    if first.get("eval") == eval_setting(config):
+        return first
+    again = stored_evaluation(outdir, config)
+    if again is None:
+        other = _other_evaluation_dir(outdir, eval_setting(config))
+        logging.info(
+            "%s was evaluated on %s; evaluating it on %s", what, first.get("eval", "another split"),
+            eval_setting(config),
+        )  # fmt: skip
+        again = evaluate_checkpoint(config, model_dir, other, what=what)
+    merged = dict(first)
+    merged.update({k: v for k, v in again.items() if k not in ("checkpoint", "model")})
+    return merged
 
 
 def evaluate_split(
@@ -470,6 +537,7 @@ def evaluate_model(
     )
     summary["input_shape"] = list(input_shape)
     summary["views"] = config.data.eval_num_clips * config.data.eval_num_crops
+    summary["eval"] = eval_setting(config)
     if jax.process_index() == 0:
         plot_confusion(
             np.asarray(summary["confusion"]),

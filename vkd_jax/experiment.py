@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vkd_jax import config_lib, evaluation, reporting, rundir, stages, storage, train
+from vkd_jax import config_lib, evaluation, reporting, rundir, stages, train
 from vkd_jax.data import pipeline
 from vkd_jax.losses import objective
 
@@ -125,9 +125,9 @@ def _teacher_stages(config, workdir) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _evaluate_checkpoint(config, path: str, workdir: str, name: str) -> dict[str, Any]:
     outdir = os.path.join(workdir, f"teacher_{name}")
-    eval_path = os.path.join(outdir, evaluation.EVAL_FILE)
-    if storage.isfile(eval_path):
-        return storage.read_json(eval_path)
+    stored = evaluation.stored_evaluation(outdir, config)  # For this split and these views.
+    if stored is not None:
+        return stored
     return evaluation.evaluate_checkpoint(
         config, path, outdir, what=f"teacher {name!r}", stage=f"teacher_{name}"
     )
@@ -267,6 +267,7 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
                     teachers={n: teacher_specs[n] for n in needed},
                     train_split=config.experiment.student_train_split,
                 ),
+                reuse_from=tuple(config.ablation.get("reuse_from", ())),
             )
             table.setdefault(variant, []).append(summary)
             seconds += summary.get("seconds", 0.0)

@@ -349,6 +349,28 @@ def claim_stage(config: Any, stage: Any) -> None:
     )
 
 
+def find_finished_stage(
+    settings: dict[str, Any], roots: Sequence[str], done_files: Sequence[str]
+) -> str | None:
+    """A stage folder under ``roots`` recorded with exactly ``settings`` that holds every
+    file of ``done_files`` (paths relative to it); None if there is none.
+
+    Lets a table reuse a stage another run already trained with the same settings (a
+    screen's stage in the final table, say) instead of training it again.
+    """
+    for root in roots:
+        for path, dirs, files in storage.walk(root):
+            dirs[:] = [d for d in dirs if d not in ("model", "checkpoints")]
+            if CONFIG_FILE not in files:
+                continue
+            have = storage.read_json(os.path.join(path, CONFIG_FILE)).get("settings")
+            if have == settings and all(
+                storage.isfile(os.path.join(path, f)) for f in done_files
+            ):
+                return path
+    return None
+
+
 # ------------------------------------------------------------- results.md's settings
 
 # Sections of a config whose values shape an experiment's results (what `settings_markdown`

@@ -23,7 +23,7 @@ import functools
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import flax
@@ -71,14 +71,28 @@ MECHANISM_FILE = "mechanism.png"  # DATW weights, confidence, discrepancy, loss 
 NonFiniteLossError = errors.NonFiniteLossError
 
 
-def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
+def run(
+    config: ml_collections.ConfigDict, stage: Stage, *, reuse_from: Sequence[str] = ()
+) -> dict[str, Any]:
     """Trains (or resumes) one stage, exports its model and evaluates it.
+
+    ``reuse_from``: folders searched, when the stage has not started, for a finished
+    stage recorded with the same settings (``rundir.stage_settings``); one found is
+    linked in as this stage (and evaluated on ``data.eval_split`` if it was not).
 
     Returns:
       The evaluation summary (accuracy, parameters, GMACs, ...) also written to
       ``<stage.workdir>/eval.json``. A finished stage is not run again: its
       stored summary is returned.
     """
+    # Single-process only: with several, one would link while another checks the folder.
+    if reuse_from and jax.process_count() == 1 and not storage.exists(stage.workdir):
+        done = (evaluation.EVAL_FILE, os.path.join("model", checkpoint.METADATA_FILE))
+        found = rundir.find_finished_stage(rundir.stage_settings(config, stage), reuse_from, done)
+        if found is not None:
+            logging.info("Stage %s: reusing %s (same settings)", stage.name, found)
+            storage.makedirs(os.path.dirname(os.path.abspath(stage.workdir)))
+            os.symlink(os.path.abspath(found), stage.workdir)
     # A stage's folder holds one config's run: resuming or skipping it with settings that
     # shape the model differently stops here (config.allow_config_change lets it go on).
     rundir.claim_stage(config, stage)
@@ -88,7 +102,12 @@ def run(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
         os.path.join(model_dir, checkpoint.METADATA_FILE)
     ):
         logging.info("Stage %s already finished in %s; skipping", stage.name, stage.workdir)
-        return storage.read_json(eval_path)
+        # Its stored accuracy holds only for the split it was measured on: asked for
+        # another (e.g. the test split of a stage screened on validation), its exported
+        # model is evaluated there.
+        return evaluation.evaluate_again(
+            config, stage.workdir, model_dir, what=f"stage {stage.name!r}"
+        )
     storage.makedirs(stage.workdir)
     started = time.time()
 
