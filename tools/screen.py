@@ -183,6 +183,11 @@ def main(argv=None) -> list[dict]:
         "share the 2 cores' work in one workdir; a run without --shard then writes the "
         "table from the finished stages",
     )
+    parser.add_argument(
+        "--reuse", action="append", default=[],
+        help="folder with finished stages (another screen's): one recorded with a stage's "
+        "exact settings is reused, not trained again",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     shard = None
     if args.shard:
@@ -218,9 +223,11 @@ def main(argv=None) -> list[dict]:
             def mine(seed, r=r):  # Stages are dealt round-robin in (row, seed) order.
                 return (r * len(seeds) + seeds.index(seed)) % shard[1] == shard[0]
 
-            run_row(config, title, changes, seeds, args.workdir, teacher_dirs, train_only=mine)
+            run_row(config, title, changes, seeds, args.workdir, teacher_dirs, train_only=mine,
+                    reuse_from=tuple(args.reuse))  # fmt: skip
             continue
-        results.append(run_row(config, title, changes, seeds, args.workdir, teacher_dirs))
+        results.append(run_row(config, title, changes, seeds, args.workdir, teacher_dirs,
+                               reuse_from=tuple(args.reuse)))  # fmt: skip
         md = table(results, args.split, seeds)
         reporting.write_report(args.workdir, "screen", {"rows": results, "split": args.split,
                                                          "wall_seconds": time.time() - started},
