@@ -61,8 +61,8 @@ PRESETS = {
         f"DATW original: loss.teacher_weighting='datw'; {_OFF}",
         f"DATW T_c 1, JS: loss.teacher_weighting='datw'; loss.datw.confidence_temperature=1.0; "
         f"loss.datw.discrepancy='js'; {_OFF}",
-        f"fixed 0.57/0.43 (DATW's mean): loss.teacher_weighting='fixed'; "
-        f"loss.teacher_weights=(0.57, 0.43); {_OFF}",
+        f"fixed 0.55/0.45 (DATW's mean in the default run): loss.teacher_weighting='fixed'; "
+        f"loss.teacher_weights=(0.55, 0.45); {_OFF}",
         f"oracle (control): loss.teacher_weighting='oracle'; {_OFF}",
         f"CA-MKD per teacher: loss.teacher_weighting='ca_mkd'; loss.datw.place='per_teacher'; "
         f"{_OFF}",
@@ -72,6 +72,8 @@ PRESETS = {
         "uniform + SDD random projections: loss.teacher_weighting='uniform'; "
         "loss.sdd.target='random_projections'; loss.rkd_distance_weight=0.0; "
         "loss.rkd_angle_weight=0.0",
+        "uniform + RKD from the ViT (1, 2): loss.teacher_weighting='uniform'; "
+        "loss.sdd_weight=0.0",
         "uniform + RKD from the CNN: loss.teacher_weighting='uniform'; loss.sdd_weight=0.0; "
         "loss.rkd.teacher='cnn'",
         "uniform + RKD 0.1/0.2: loss.teacher_weighting='uniform'; loss.sdd_weight=0.0; "
