@@ -6,7 +6,7 @@ import pytest
 from conftest import tiny_config
 
 from tools import screen
-from tools.diagnose_learning import parse_row
+from tools.config_cli import parse_row
 from vkd_jax import config_lib, evaluation, reporting
 
 

@@ -36,8 +36,6 @@ import time
 _PROCESS_START = time.perf_counter()  # Cold start is measured from here (before jax).
 
 import argparse  # noqa: E402
-import ast  # noqa: E402
-import importlib.util  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
@@ -62,30 +60,8 @@ from vkd_jax import (  # noqa: E402
 from vkd_jax.losses import objective  # noqa: E402
 from vkd_jax.models import layers  # noqa: E402
 
-
-def load_config(path: str, overrides: list[str]) -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location("bench_config", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(path))))
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    for item in overrides:
-        key, _, value = item.partition("=")
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value if isinstance(node[leaf], str) else ast.literal_eval(value)
-    # Nothing here reads data or weights (random weights, random clips): the paths a
-    # recipe requires (dataset, source videos, teacher checkpoints) are not needed.
-    if config.data.get("data_dir") is None:
-        config.data.data_dir = ""
-    if "folder" in config.data and config.data.folder.get("root") is None:
-        config.data.folder.root = ""
-    for teacher in config.teachers.values():
-        if teacher.get("checkpoint") is None:
-            teacher.checkpoint = ""
-    return config
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tools.config_cli import load_config  # noqa: E402
 
 
 def _memory(compiled) -> tuple[float, str]:

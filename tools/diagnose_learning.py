@@ -23,7 +23,6 @@ tool.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import platform
@@ -37,43 +36,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 
+from tools.config_cli import (  # noqa: E402, F401 (parse_row/set_key: the tools import them here)
+    apply_sets,
+    load_config,
+    parse_row,
+    parse_value,
+    set_key,
+)
 from vkd_jax import config_lib, mechanism, models, stages, train  # noqa: E402
-
-
-def parse_value(text: str):
-    """A Python literal, or the text itself when it is not one (``adamw``)."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def parse_row(text: str) -> tuple[str, dict[str, object]]:
-    """``"title: a.b=1; c=(1, 2)"`` -> ``("title", {"a.b": 1, "c": (1, 2)})``."""
-    title, sep, body = text.partition(":")
-    if not sep or not title.strip():
-        raise ValueError(f"A row is 'title: key=value; ...', got {text!r}")
-    changes = {}
-    for item in filter(None, (part.strip() for part in body.split(";"))):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"Row {title.strip()!r}: {item!r} is not key=value")
-        changes[key.strip()] = parse_value(value.strip())
-    return title.strip(), changes
-
-
-def set_key(config: ml_collections.ConfigDict, key: str, value) -> None:
-    node = config
-    *parents, leaf = key.split(".")
-    for part in parents:
-        if part not in node:
-            raise KeyError(f"Unknown config key {key!r}")
-        node = node[part]
-    if leaf not in node:
-        raise KeyError(f"Unknown config key {key!r}")
-    if isinstance(node[leaf], tuple) and isinstance(value, list):
-        value = tuple(value)
-    node[leaf] = value
 
 
 def model_entry(config: ml_collections.ConfigDict, which: str) -> ml_collections.ConfigDict:
@@ -181,17 +151,13 @@ def main(argv=None) -> None:
     parser.add_argument("--row", action="append", default=[], help="'title: key=value; ...'")
     args = parser.parse_args(argv)
 
-    from tools import benchmark  # Same config loading as the benchmark tool.
-
-    config = benchmark.load_config(args.config, [])
+    config = load_config(args.config)
     config.mode = "train"
     config.experiment.run_cka = False
     config.train.num_steps = args.steps
     config.data.eval_split = args.split
     config.eval.latency_iters = 1  # Latency is not what is measured here.
-    for item in args.set:
-        key, _, value = item.partition("=")
-        set_key(config, key.strip(), parse_value(value.strip()))
+    apply_sets(config, args.set)
     rows = [parse_row(r) for r in (args.row or ["baseline:"])]
     check_rows(config, args.model, rows)
     print(f"command: python tools/diagnose_learning.py {' '.join(sys.argv[1:])}")

@@ -313,13 +313,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--set", action="append", default=[], help="config override key=value")
     parser.add_argument("--out", default="", help="folder for diagnosis.json / diagnosis.md")
     args = parser.parse_args(argv)
-    from tools import benchmark  # Same config loading as the other tools.
-    from tools.diagnose_learning import parse_value, set_key
+    from tools.config_cli import load_config
 
-    config = benchmark.load_config(args.config, [])
-    for item in args.set:
-        key, _, value = item.partition("=")
-        set_key(config, key.strip(), parse_value(value.strip()))
+    config = load_config(args.config, args.set)
     result = diagnose(
         config, cnn=args.cnn, vit=args.vit, student=args.student, split=args.split,
         fit_split=args.fit_split, grad_batches=args.grad_batches,

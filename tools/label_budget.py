@@ -120,16 +120,14 @@ def main(argv=None) -> dict:
         "exact settings is reused, not trained again",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    from tools import benchmark, screen
-    from tools.diagnose_learning import parse_row, parse_value, set_key
+    from tools import screen
+    from tools.config_cli import apply_sets, load_config, parse_row
 
-    config = benchmark.load_config(args.config, [])
+    config = load_config(args.config)
     config.experiment.run_cka = False
     config.data.eval_split = args.split
     config.eval.latency_iters = 1
-    for item in args.set:
-        key, _, value = item.partition("=")
-        set_key(config, key.strip(), parse_value(value.strip()))
+    apply_sets(config, args.set)
     rows = [parse_row(t) for t in (args.row or ROWS)]
     for _title, changes in rows:  # Every row's keys are checked before any trains.
         screen.row_config(config, dict(changes))

@@ -84,7 +84,7 @@ PRESETS = {
 
 def row_config(config, changes: dict) -> tuple[ml_collections.ConfigDict, bool]:
     """The config of one row and whether it trains from scratch."""
-    from tools.diagnose_learning import set_key
+    from tools.config_cli import set_key
 
     cfg = ml_collections.ConfigDict(config.to_dict())
     scratch = bool(changes.pop("scratch", False))
@@ -199,16 +199,13 @@ def main(argv=None) -> list[dict]:
             raise SystemExit(f"screen: --shard {args.shard!r} is not I/N with 0 <= I < N")
     if args.split.startswith("test"):
         raise SystemExit("screen: the test split is for the final table only")
-    from tools import benchmark
-    from tools.diagnose_learning import parse_row, parse_value, set_key
+    from tools.config_cli import apply_sets, load_config, parse_row
 
-    config = benchmark.load_config(args.config, [])
+    config = load_config(args.config)
     config.experiment.run_cka = False
     config.data.eval_split = args.split
     config.eval.latency_iters = 1  # Latency is not what is screened.
-    for item in args.set:
-        key, _, value = item.partition("=")
-        set_key(config, key.strip(), parse_value(value.strip()))
+    apply_sets(config, args.set)
     texts = (PRESETS[args.preset] if args.preset else []) + args.row
     if not texts:
         raise SystemExit("screen: give --preset or at least one --row")

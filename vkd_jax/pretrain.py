@@ -297,12 +297,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         workdir=workdir,
         max_to_keep=config.train.max_to_keep,
     )
-    state, start_step, manager, p_step = (
-        prepared.state,
-        prepared.start_step,
-        prepared.manager,
-        prepared.step,
-    )
+    state, start_step, manager = prepared.state, prepared.start_step, prepared.manager
 
     # ------------------------------------------------------------------- loop
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -329,7 +324,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         )
         batches = iter(ds.skip(start_step).as_numpy_iterator())
         state = train.train_loop(
-            p_step,
+            prepared.step,
             state,
             batches,
             name=name,

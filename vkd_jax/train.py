@@ -177,12 +177,7 @@ def run(
         workdir=stage.workdir,
         max_to_keep=config.train.max_to_keep,
     )
-    state, start_step, manager, p_step = (
-        prepared.state,
-        prepared.start_step,
-        prepared.manager,
-        prepared.step,
-    )
+    state, start_step, manager = prepared.state, prepared.start_step, prepared.manager
     if not prepared.restored and stage.init_checkpoint:
         state = _initialize_from(state, stage, tx, repl)
 
@@ -212,7 +207,7 @@ def run(
         # consumed puts a resumed run on exactly the data an uninterrupted one sees.
         batches = iter(ds.skip(start_step).as_numpy_iterator())
         state = train_loop(
-            lambda state, batch: p_step(state, teacher_vars, batch),
+            lambda state, batch: prepared.step(state, teacher_vars, batch),
             state,
             batches,
             name=stage.name,
