@@ -23,6 +23,21 @@ def _stage(config, workdir, **kw):
     )
 
 
+def test_a_stage_without_teachers_records_only_the_cross_entropy_settings():
+    plain, tuned = config_lib.default_config(), config_lib.default_config()
+    tuned.loss.temperature, tuned.loss.kd_weight = 2.0, 2.0
+    tuned.loss.teacher_weights = (0.6, 0.4)
+    tuned.loss.datw.discrepancy = "js"
+    settings = [
+        rundir.stage_settings(c, _stage(c, "/tmp/unused")) for c in (plain, tuned)
+    ]
+    assert settings[0] == settings[1]  # The same scratch stage: reusable by a table.
+    assert settings[0]["loss.kd_weight"] == 0.0
+    tuned.loss.label_smoothing = 0.1  # The cross-entropy's own keys do shape it.
+    smoothed = rundir.stage_settings(tuned, _stage(tuned, "/tmp/unused"))
+    assert rundir.differing_keys(settings[0], smoothed) == ["loss.label_smoothing"]
+
+
 def test_settings_hold_what_shapes_the_model_and_not_logging():
     config = config_lib.default_config()
     stage = _stage(config, "/tmp/unused", loss=config.loss, train_split="train[:10%]")

@@ -55,8 +55,19 @@ def trained_spec(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 
 
 def supervised_loss(loss_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The objective with every distillation term off (cross-entropy only)."""
-    cfg = ml_collections.ConfigDict(loss_cfg.to_dict())
+    """The objective with every distillation term off (cross-entropy only).
+
+    Only the cross-entropy's keys (``ce_weight``, ``label_smoothing``) come from
+    ``loss_cfg``; every other key takes configs/default.py's value. A stage without
+    teachers then records the same settings (vkd_jax.rundir) whatever the run's
+    distillation settings are, so a student from scratch trained by a screen is the
+    same stage as the ablation's (and is reused by it), not a new one.
+    """
+    from vkd_jax import config_lib
+
+    cfg = config_lib.default_config().loss
+    cfg.ce_weight = float(loss_cfg.ce_weight)
+    cfg.label_smoothing = float(loss_cfg.label_smoothing)
     for key in ("kd_weight", "sdd_weight", "rkd_distance_weight", "rkd_angle_weight"):
         cfg[key] = 0.0
     cfg.feature_kd_weight = 0.0
