@@ -36,4 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
     # (e.g. tools/screen.py's workdirs): such a stage is linked in and evaluated on
     # data.eval_split instead of being trained again. () = train every stage here.
     c.ablation.reuse_from = ()
+    # Teacher weights of the "fixed" row only (e.g. DATW's mean weights); () = the row
+    # takes loss.teacher_weights.
+    c.ablation.fixed_weights = ()
     return c

@@ -347,3 +347,32 @@ def test_train_loop_evaluates_every_eval_every_steps(tmp_path):
                      writer=writer, evaluate=evaluate)  # fmt: skip
     manager.close()
     assert evaluated == []
+
+
+def test_ablation_pairs_seeds_reuses_a_screened_stage_and_sets_row_only_weights(
+    tiny_data_dir, tmp_path
+):
+    from tools import screen
+
+    config = tiny_config(tiny_data_dir)
+    config.data.eval_split = "validation"
+    screen.run_row(config, "s", {"scratch": True}, [0], str(tmp_path / "screen"), {})
+    config.data.eval_split = "test"
+    config.mode = "ablation"
+    config.ablation = ml_collections.ConfigDict(
+        dict(seeds=(0, 1), variants=("scratch", "fixed", "ebkd"),
+             reuse_from=(str(tmp_path / "screen"),), fixed_weights=(0.7, 0.3))
+    )  # fmt: skip
+    results = experiment.run_ablation(config, str(tmp_path / "abl"))
+    rows = tmp_path / "abl" / "ablation"
+    assert os.path.islink(rows / "scratch_seed0") and not os.path.islink(rows / "scratch_seed1")
+    assert all(len(results["ablation"][v]) == 2 for v in ("scratch", "fixed", "ebkd"))
+
+    def recorded(stage):
+        return json.loads((rows / stage / "config.json").read_text())["settings"]
+
+    # The fixed row's weights and EBKD's temperature are set on their rows only.
+    assert recorded("fixed_seed1")["loss.teacher_weights"] == [0.7, 0.3]
+    assert recorded("ebkd_seed1")["loss.teacher_weights"] == []
+    assert recorded("ebkd_seed1")["loss.datw.confidence_temperature"] == 1.0
+    assert (tmp_path / "abl" / "ablation.md").is_file()

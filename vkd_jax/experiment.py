@@ -53,7 +53,8 @@ ABLATIONS: Mapping[str, dict[str, Any]] = {
     "datw_sdd_rkd": dict(teacher_weighting="datw"),
     # Controls and published peers of DATW (docs/design.md eqs. D6-D9), logit KD only,
     # not in the paper's table: add them with --config.ablation.variants. "fixed" takes
-    # loss.teacher_weights (e.g. DATW's mean weights from the datw row's results).
+    # ablation.fixed_weights (e.g. DATW's mean weights from the datw row's results), or
+    # loss.teacher_weights when that is empty.
     "fixed": dict(
         teacher_weighting="fixed", sdd_weight=0.0, rkd_distance_weight=0.0, rkd_angle_weight=0.0
     ),
@@ -67,8 +68,13 @@ ABLATIONS: Mapping[str, dict[str, Any]] = {
         rkd_distance_weight=0.0,
         rkd_angle_weight=0.0,
     ),
+    # EBKD's entropies at temperature 1 (the teachers' own softmax), not at the KD's T.
     "ebkd": dict(
-        teacher_weighting="ebkd", sdd_weight=0.0, rkd_distance_weight=0.0, rkd_angle_weight=0.0
+        teacher_weighting="ebkd",
+        datw=dict(confidence_temperature=1.0),
+        sdd_weight=0.0,
+        rkd_distance_weight=0.0,
+        rkd_angle_weight=0.0,
     ),
 }
 
@@ -255,6 +261,10 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
             else:
                 loss = ml_collections.ConfigDict(config.loss.to_dict())
                 loss.update(ABLATIONS[variant])
+                if variant == "fixed" and config.ablation.get("fixed_weights"):
+                    # The fixed row's weights on that row only: the other rows keep
+                    # their recorded settings (and stay reusable from a screen).
+                    loss.teacher_weights = tuple(config.ablation.fixed_weights)
             needed = objective.required_teachers(ml_collections.FrozenConfigDict(loss))
             summary = train.run(
                 cfg,
