@@ -357,11 +357,14 @@ def test_ablation_pairs_seeds_reuses_a_screened_stage_and_sets_row_only_weights(
     config = tiny_config(tiny_data_dir)
     config.data.eval_split = "validation"
     screen.run_row(config, "s", {"scratch": True}, [0], str(tmp_path / "screen"), {})
+    # Another screen's folder links to it (as a screen run with --reuse does).
+    os.makedirs(tmp_path / "linked")
+    os.symlink(tmp_path / "screen" / "s_seed0", tmp_path / "linked" / "s_seed0")
     config.data.eval_split = "test"
     config.mode = "ablation"
     config.ablation = ml_collections.ConfigDict(
         dict(seeds=(0, 1), variants=("scratch", "fixed", "ebkd"),
-             reuse_from=(str(tmp_path / "screen"),), fixed_weights=(0.7, 0.3))
+             reuse_from=(str(tmp_path / "linked"),), fixed_weights=(0.7, 0.3))
     )  # fmt: skip
     results = experiment.run_ablation(config, str(tmp_path / "abl"))
     rows = tmp_path / "abl" / "ablation"

@@ -359,7 +359,8 @@ def find_finished_stage(
     screen's stage in the final table, say) instead of training it again.
     """
     for root in roots:
-        for path, dirs, files in storage.walk(root):
+        # Linked stages too: a table's reused stage is a link to the screen's folder.
+        for path, dirs, files in storage.walk(root, followlinks=True):
             dirs[:] = [d for d in dirs if d not in ("model", "checkpoints")]
             if CONFIG_FILE not in files:
                 continue

@@ -63,10 +63,11 @@ def listdir(path: str | os.PathLike) -> list[str]:
     return sorted(p.name for p in _path(path).iterdir())
 
 
-def walk(path: str | os.PathLike):
-    """``os.walk`` for local or bucket paths: (directory, subdirectory names, file names)."""
+def walk(path: str | os.PathLike, *, followlinks: bool = False):
+    """``os.walk`` for local or bucket paths: (directory, subdirectory names, file names);
+    ``followlinks`` descends into linked local folders too (a bucket has no links)."""
     if not is_remote(path):
-        yield from os.walk(path)
+        yield from os.walk(path, followlinks=followlinks)
         return
     path = os.fspath(path)
     dirs, files = [], []
