@@ -135,3 +135,25 @@ def test_a_multi_process_job_shares_one_lock_and_stops_together(tmp_path):
     out = _two_processes(tmp_path)
     assert out[0].startswith("BUSY 0 ") and "host elsewhere" in out[0], out
     assert out[1].startswith("BUSY 1 ") and "process 0 could not take" in out[1], out
+
+
+def test_a_stage_held_by_another_process_is_refused_and_holding_is_reentrant(tmp_path):
+    from vkd_jax import config_lib, stages, train
+
+    config = config_lib.default_config()
+    stage_dir = tmp_path / "stage"
+    stage_dir.mkdir()
+    proc = _holder(stage_dir)  # E.g. a second screen shard training the same stage.
+    try:
+        stage = train.Stage("s", str(stage_dir), config.student,
+                            stages.supervised_loss(config.loss), 1)  # fmt: skip
+        with pytest.raises(errors.WorkdirBusyError, match=f"pid {proc.pid}"):
+            train.run(config, stage)
+        assert not (stage_dir / rundir.CONFIG_FILE).exists()  # Refused before anything.
+    finally:
+        proc.kill()
+        proc.wait()
+    # The run's own workdir may be a stage's folder (mode=train): held twice, no conflict.
+    with rundir.hold(str(tmp_path)), rundir.hold(str(tmp_path)):
+        assert os.path.exists(rundir.lock_path(str(tmp_path)))
+    assert not os.path.exists(rundir.lock_path(str(tmp_path)))

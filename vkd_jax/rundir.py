@@ -167,12 +167,23 @@ def acquire(workdir: str, *, command: Sequence[str] | None = None) -> WorkdirLoc
     return _acquire_local(path, info)
 
 
+# Lock files this process holds: holding one again (a stage whose folder is the run's
+# workdir, as in mode=train) is a no-op instead of a conflict with itself.
+_HELD: set[str] = set()
+
+
 @contextlib.contextmanager
 def hold(workdir: str, *, command: Sequence[str] | None = None) -> Iterator[WorkdirLock | None]:
     """Holds ``workdir``'s lock for the block; with several JAX processes, process 0
-    holds it for all and every process stops if it could not."""
+    holds it for all and every process stops if it could not. Re-entrant within a
+    process (`vkd_jax.train.run` holds each stage's folder inside the run's workdir)."""
     import jax
 
+    key = lock_path(workdir)
+    key = key if storage.is_remote(key) else os.path.realpath(key)
+    if key in _HELD:
+        yield None
+        return
     multi = jax.process_count() > 1
     lock, failure = None, None
     if jax.process_index() == 0:
@@ -192,9 +203,11 @@ def hold(workdir: str, *, command: Sequence[str] | None = None) -> Iterator[Work
             )
     if failure is not None:
         raise failure
+    _HELD.add(key)
     try:
         yield lock
     finally:
+        _HELD.discard(key)
         if lock is not None:
             lock.release()
 

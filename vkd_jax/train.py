@@ -93,6 +93,14 @@ def run(
             logging.info("Stage %s: reusing %s (same settings)", stage.name, found)
             storage.makedirs(os.path.dirname(os.path.abspath(stage.workdir)))
             os.symlink(os.path.abspath(found), stage.workdir)
+    # One process per stage folder: two tools (or two screen shards) given the same stage
+    # would otherwise train it at once and mix their checkpoints.
+    storage.makedirs(stage.workdir)
+    with rundir.hold(stage.workdir):
+        return _run_stage(config, stage)
+
+
+def _run_stage(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any]:
     # A stage's folder holds one config's run: resuming or skipping it with settings that
     # shape the model differently stops here (config.allow_config_change lets it go on).
     rundir.claim_stage(config, stage)
