@@ -39,4 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Teacher weights of the "fixed" row only (e.g. DATW's mean weights); () = the row
     # takes loss.teacher_weights.
     c.ablation.fixed_weights = ()
+    # The DATW variant of the DATW rows (datw, datw_sdd, datw_sdd_rkd) only, as
+    # "key=value; ..." over loss.datw's keys (e.g. "confidence_temperature=1.0;
+    # discrepancy='js'"); "" = loss.datw as it is. The other rows keep their settings.
+    c.ablation.datw = ""
     return c

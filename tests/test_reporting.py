@@ -86,3 +86,15 @@ def test_every_ablation_row_has_a_title_and_gives_a_valid_objective():
         config_lib.validate(config)
         assert ml_collections.FrozenConfigDict(config.loss).teacher_weighting, name
     assert experiment.ABLATIONS["ca_mkd"]["datw"]["place"] == "per_teacher"
+
+
+def test_the_ablation_datw_variant_names_real_keys_with_their_types():
+    from vkd_jax import config_lib, experiment
+
+    datw = config_lib.default_config().loss.datw
+    assert experiment.parse_datw_variant("", datw) == {}
+    got = experiment.parse_datw_variant("confidence_temperature=1; discrepancy=js", datw)
+    assert got == {"confidence_temperature": 1.0, "discrepancy": "js"}
+    for bad in ("temperature=1.0", "discrepancy=1.0", "standardize"):
+        with pytest.raises(ValueError, match="ablation.datw"):
+            experiment.parse_datw_variant(bad, datw)

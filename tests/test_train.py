@@ -363,13 +363,14 @@ def test_ablation_pairs_seeds_reuses_a_screened_stage_and_sets_row_only_weights(
     config.data.eval_split = "test"
     config.mode = "ablation"
     config.ablation = ml_collections.ConfigDict(
-        dict(seeds=(0, 1), variants=("scratch", "fixed", "ebkd"),
-             reuse_from=(str(tmp_path / "linked"),), fixed_weights=(0.7, 0.3))
+        dict(seeds=(0, 1), variants=("scratch", "fixed", "ebkd", "datw"),
+             reuse_from=(str(tmp_path / "linked"),), fixed_weights=(0.7, 0.3),
+             datw="confidence_temperature=1.0; discrepancy='js'")
     )  # fmt: skip
     results = experiment.run_ablation(config, str(tmp_path / "abl"))
     rows = tmp_path / "abl" / "ablation"
     assert os.path.islink(rows / "scratch_seed0") and not os.path.islink(rows / "scratch_seed1")
-    assert all(len(results["ablation"][v]) == 2 for v in ("scratch", "fixed", "ebkd"))
+    assert all(len(results["ablation"][v]) == 2 for v in ("scratch", "fixed", "ebkd", "datw"))
 
     def recorded(stage):
         return json.loads((rows / stage / "config.json").read_text())["settings"]
@@ -378,4 +379,7 @@ def test_ablation_pairs_seeds_reuses_a_screened_stage_and_sets_row_only_weights(
     assert recorded("fixed_seed1")["loss.teacher_weights"] == [0.7, 0.3]
     assert recorded("ebkd_seed1")["loss.teacher_weights"] == []
     assert recorded("ebkd_seed1")["loss.datw.confidence_temperature"] == 1.0
+    # The DATW variant acts on the DATW rows only.
+    assert recorded("datw_seed0")["loss.datw.discrepancy"] == "js"
+    assert recorded("fixed_seed0")["loss.datw.discrepancy"] == "cosine"
     assert (tmp_path / "abl" / "ablation.md").is_file()

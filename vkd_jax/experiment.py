@@ -243,12 +243,44 @@ def efficiency_markdown(eff: dict[str, Any]) -> list[str]:
     return lines
 
 
+def parse_datw_variant(text: str, datw: ml_collections.ConfigDict) -> dict[str, Any]:
+    """``"confidence_temperature=1.0; discrepancy='js'"`` -> its keys of ``loss.datw``.
+
+    Raises:
+      ValueError: an item is not ``key=value``, names no key of loss.datw, or gives a
+        value of another type than the key's.
+    """
+    import ast
+
+    out: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in str(text).split(";"))):
+        key, eq, value = (x.strip() for x in item.partition("="))
+        if not eq or key not in datw:
+            raise ValueError(
+                f"ablation.datw: {item!r} is not key=value over loss.datw's keys "
+                f"({', '.join(sorted(datw))})"
+            )
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value  # A bare word: js, max_prob.
+        if isinstance(datw[key], float) and isinstance(parsed, int):
+            parsed = float(parsed)
+        if type(parsed) is not type(datw[key]):
+            raise ValueError(
+                f"ablation.datw: {key} takes a {type(datw[key]).__name__}, got {value!r}"
+            )
+        out[key] = parsed
+    return out
+
+
 def run_ablation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """The ablation table over ``config.ablation.seeds``; returns (and writes) it."""
     pipeline.load_builder(config.data)
     unknown = [v for v in config.ablation.variants if v not in ABLATIONS]
     if unknown:
         raise ValueError(f"Unknown ablation variants {unknown}; known: {list(ABLATIONS)}")
+    datw_variant = parse_datw_variant(config.ablation.get("datw", ""), config.loss.datw)
     teacher_specs, teacher_summaries = _teacher_stages(config, workdir)
     seconds = sum(s.get("seconds", 0.0) for s in teacher_summaries.values())
     table: dict[str, list[dict[str, Any]]] = {}
@@ -261,6 +293,9 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
             else:
                 loss = ml_collections.ConfigDict(config.loss.to_dict())
                 loss.update(ABLATIONS[variant])
+                if loss.teacher_weighting == "datw":
+                    # The DATW variant chosen on validation, on the DATW rows only.
+                    loss.datw.update(datw_variant)
                 if variant == "fixed" and config.ablation.get("fixed_weights"):
                     # The fixed row's weights on that row only: the other rows keep
                     # their recorded settings (and stay reusable from a screen).
