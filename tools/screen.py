@@ -6,7 +6,8 @@ overrides (full config keys: ``loss.temperature=2.0``, ``optim.learning_rate=1e-
 given teachers (``--cnn``, ``--vit`` model directories; trained once and shared).
 Every row is compared with the first (the baseline) by the paired per-seed rule of
 :mod:`vkd_jax.reporting` (docs/design.md eq. V1), on ``--split`` (``validation``;
-the test split is refused: it is for the final table only). ``--preset`` gives the
+the test split is refused unless ``--report`` says the rows were already chosen on
+validation and are being reported, e.g. a final table's extra row). ``--preset`` gives the
 rows of one phase of docs/science.md's plan, in the order the issue asks for:
 
 * ``recipe``: the student from scratch (learning rate, steps, weight decay, label
@@ -190,6 +191,10 @@ def main(argv=None) -> list[dict]:
         help="folder with finished stages (another screen's): one recorded with a stage's "
         "exact settings is reused, not trained again",
     )  # fmt: skip
+    parser.add_argument(
+        "--report", action="store_true",
+        help="allow the test split: the rows were chosen on validation and are reported",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     shard = None
     if args.shard:
@@ -197,8 +202,11 @@ def main(argv=None) -> list[dict]:
         shard = (int(index), int(count))
         if not 0 <= shard[0] < shard[1]:
             raise SystemExit(f"screen: --shard {args.shard!r} is not I/N with 0 <= I < N")
-    if args.split.startswith("test"):
-        raise SystemExit("screen: the test split is for the final table only")
+    if args.split.startswith("test") and not args.report:
+        raise SystemExit(
+            "screen: the test split is for the final table only (pass --report to report "
+            "rows already chosen on validation)"
+        )
     from tools.config_cli import apply_sets, load_config, parse_row
 
     config = load_config(args.config)
