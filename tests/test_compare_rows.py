@@ -20,13 +20,16 @@ def test_pairs_ablation_and_screen_rows_by_seed(tmp_path):
     screen = {"rows": [{"row": "KD CNN", "top1": [0.50, 0.51, 0.55]}]}
     (tmp_path / "a.json").write_text(json.dumps(ablation))
     (tmp_path / "s.json").write_text(json.dumps(screen))
-    md = compare_rows.main(["--ablation", str(tmp_path / "a.json"), "--screen",
-                            str(tmp_path / "s.json"), "--pair", "uniform_dual > KD CNN",
-                            "--pair", "oracle > uniform_dual", "--pair", "uniform_dual > vit"])  # fmt: skip
+    md = compare_rows.main([
+        "--ablation", str(tmp_path / "a.json"), "--screen", str(tmp_path / "s.json"),
+        "--pair", "uniform_dual > KD CNN", "--pair", "oracle > uniform_dual",
+        "--pair", "uniform_dual > vit",
+    ])  # fmt: skip
     lines = {line.split("|")[1].strip() + ">" + line.split("|")[2].strip(): line
              for line in md.splitlines() if line.startswith("| ")}  # fmt: skip
     # +10, +11, +9 points: resolved. +(-1, 0, +2): not shown. Below the teacher's 70.
-    assert "+10.0 [" in lines["uniform_dual>KD CNN"] and reporting.HOLDS in lines["uniform_dual>KD CNN"]
+    kd = lines["uniform_dual>KD CNN"]
+    assert "+10.0 [" in kd and reporting.HOLDS in kd
     assert reporting.NOT_SHOWN in lines["oracle>uniform_dual"]
     assert reporting.OPPOSITE in lines["uniform_dual>vit"]
     with pytest.raises(SystemExit, match="rows are"):
