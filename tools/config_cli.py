@@ -7,7 +7,6 @@ the diagnoses) loads its config here, so a key is spelled and parsed one way.
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import os
 import sys
@@ -15,13 +14,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
-
-def parse_value(text: str):
-    """A Python literal, or the text itself when it is not one (``adamw``)."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+from vkd_jax.config_lib import parse_assignments, parse_value  # noqa: F401 (re-exported)
 
 
 def set_key(config: ml_collections.ConfigDict, key: str, value) -> None:
@@ -59,13 +52,7 @@ def parse_row(text: str) -> tuple[str, dict[str, object]]:
     title, sep, body = text.partition(":")
     if not sep or not title.strip():
         raise ValueError(f"A row is 'title: key=value; ...', got {text!r}")
-    changes = {}
-    for item in filter(None, (part.strip() for part in body.split(";"))):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"Row {title.strip()!r}: {item!r} is not key=value")
-        changes[key.strip()] = parse_value(value.strip())
-    return title.strip(), changes
+    return title.strip(), parse_assignments(body, what=f"Row {title.strip()!r}")
 
 
 def load_config(path: str, sets: Sequence[str] = ()) -> ml_collections.ConfigDict:

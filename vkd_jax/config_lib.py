@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import Any
 
 import ml_collections
 
@@ -148,6 +149,31 @@ def check_workdir(path: str) -> str:
     if not path:
         raise ConfigError("workdir is empty: pass --workdir DIR (a local path or gs://...)")
     return storage.resolve(path)
+
+
+def parse_value(text: str):
+    """A Python literal, or the text itself when it is not one (``adamw``, ``js``)."""
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_assignments(text: str, *, what: str) -> dict[str, Any]:
+    """``"a.b=1; c=(1, 2); d=js"`` -> ``{"a.b": 1, "c": (1, 2), "d": "js"}``.
+
+    Raises:
+      ValueError: an item is not ``key=value`` (``what`` names the text in the message).
+    """
+    out: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in str(text).split(";"))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"{what}: {item!r} is not key=value")
+        out[key.strip()] = parse_value(value.strip())
+    return out
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -250,27 +250,19 @@ def parse_datw_variant(text: str, datw: ml_collections.ConfigDict) -> dict[str, 
       ValueError: an item is not ``key=value``, names no key of loss.datw, or gives a
         value of another type than the key's.
     """
-    import ast
-
-    out: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in str(text).split(";"))):
-        key, eq, value = (x.strip() for x in item.partition("="))
-        if not eq or key not in datw:
+    out = config_lib.parse_assignments(text, what="ablation.datw")
+    for key, parsed in out.items():
+        if key not in datw:
             raise ValueError(
-                f"ablation.datw: {item!r} is not key=value over loss.datw's keys "
+                f"ablation.datw: {key!r} is not one of loss.datw's keys "
                 f"({', '.join(sorted(datw))})"
             )
-        try:
-            parsed = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            parsed = value  # A bare word: js, max_prob.
         if isinstance(datw[key], float) and isinstance(parsed, int):
-            parsed = float(parsed)
+            out[key] = parsed = float(parsed)
         if type(parsed) is not type(datw[key]):
             raise ValueError(
-                f"ablation.datw: {key} takes a {type(datw[key]).__name__}, got {value!r}"
+                f"ablation.datw: {key} takes a {type(datw[key]).__name__}, got {parsed!r}"
             )
-        out[key] = parsed
     return out
 
 
