@@ -13,9 +13,13 @@ import pytest  # noqa: E402
 
 def tiny_config(data_dir: str):
     """The default config shrunk to seconds: tiny data, tiny models, a few steps."""
+    from configs import default
     from vkd_jax import config_lib
 
     c = config_lib.default_config()
+    # The paper's whole objective (DATW + SDD + RKD), so that the tests that distil go
+    # through every term; configs/default.py leaves the components off.
+    default.paper_objective(c.loss)
     c.data.builder_config = "tiny"
     c.data.data_dir = str(data_dir)
     c.data.num_frames = 4

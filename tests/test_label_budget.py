@@ -14,6 +14,11 @@ from vkd_jax import reporting  # noqa: E402
 def test_budget_split_takes_the_first_clips():
     assert label_budget.budget_split("train", 300) == "train[:300]"
     assert label_budget.budget_split("train[:50%]", 1200) == "train[:1200]"
+    # The config's own student split keeps its string where its size is the budget's, so
+    # the stages of experiments at that split are reused.
+    own = ("train[:12.5%]", 600)
+    assert label_budget.budget_split("train", 600, own) == "train[:12.5%]"
+    assert label_budget.budget_split("train", 300, own) == "train[:300]"
 
 
 def test_table_pairs_every_row_with_the_first_per_budget(tmp_path):

@@ -299,7 +299,7 @@ def test_residual_map_is_stored_with_the_stage_and_reloaded(tmp_path):
         np.testing.assert_array_equal(loaded[key], residual_map[key])
     from configs import default
 
-    loss = default.get_config().loss
+    loss = default.paper_objective(default.get_config().loss)
     stage = ml_collections.ConfigDict(dict(loss=loss, workdir=str(tmp_path), train_split=""))
     # The stored map is used as is: no teacher is run (there are none here).
     got = residual_fit.stage_constants(None, stage, None, None)[objective.SDD_RESIDUAL_MAP]

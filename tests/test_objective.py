@@ -20,7 +20,7 @@ def _default_loss_cfg() -> ml_collections.ConfigDict:
     spec = importlib.util.spec_from_file_location("_default_config", _CONFIG)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config().loss
+    return module.paper_objective(module.get_config().loss)  # Every term on.
 
 
 def _cfg(**overrides) -> ml_collections.FrozenConfigDict:

@@ -100,8 +100,10 @@ def test_a_finished_stage_rerun_with_other_steps_is_refused(tiny_data_dir, tmp_p
 def test_results_md_states_the_settings_that_differ_from_the_defaults():
     config = config_lib.default_config()
     text = "\n".join(rundir.settings_markdown(config, config_lib.default_config()))
-    assert "temperature 4.0" in text and "teacher weighting `datw`" in text
-    assert "300 steps" in text and "student split `train[:12.5%]`" in text
+    assert "temperature 4.0" in text and "teacher weighting `uniform`" in text
+    assert "KD 2.0, SDD 0.0" in text  # The components configs/default.py leaves off.
+    assert "300 steps at peak learning rate 0.02" in text  # The students' own rate.
+    assert "student split `train[:12.5%]`" in text
     assert "Every other setting is configs/default.py's." in text
     config.loss.temperature = 1.0
     config.train.num_steps = 50

@@ -20,6 +20,24 @@ def test_every_preset_row_sets_declared_keys_to_valid_values(preset):
         assert scratch == (preset == "recipe"), title
 
 
+def test_students_learning_rate_folds_into_optim_and_a_row_or_set_wins():
+    from vkd_jax.experiment import student_config
+
+    config = config_lib.default_config()
+    teachers_lr = config.optim.learning_rate
+    folded = student_config(config)
+    assert folded.optim.learning_rate == config.experiment.student_learning_rate != teachers_lr
+    assert folded.experiment.student_learning_rate == 0.0
+    assert config.optim.learning_rate == teachers_lr  # The given config is not changed.
+    assert student_config(folded).optim.learning_rate == folded.optim.learning_rate
+    cfg, _ = screen.row_config(folded, {"optim.learning_rate": 1e-3})  # A row's own wins.
+    assert cfg.optim.learning_rate == 1e-3
+    cfg, _ = screen.row_config(folded, {"experiment.student_learning_rate": 3e-2})
+    assert cfg.optim.learning_rate == 3e-2
+    config.experiment.student_learning_rate = 0.0  # Off: the students take optim's.
+    assert student_config(config).optim.learning_rate == teachers_lr
+
+
 def test_table_compares_every_row_with_the_first_by_seed():
     rows = [
         {"row": "base", "top1": [0.50, 0.60, 0.55], "seconds": 3.0},

@@ -50,6 +50,15 @@ def test_experiment_runs_end_to_end_and_resumes(tiny_data_dir, tmp_path):
     # Students train on the labelled subset, teachers on the whole split.
     assert results["models"]["student_scratch"]["train_split"] == "train[:12.5%]"
     assert results["models"]["teacher_cnn"]["train_split"] == "train"
+    # The students train at experiment.student_learning_rate, the CNN teacher at optim's.
+    def recorded_lr(stage):
+        return json.loads((tmp_path / stage / "config.json").read_text())["settings"][
+            "optim.learning_rate"
+        ]
+
+    assert recorded_lr("student_distill") == recorded_lr("student_scratch")
+    assert recorded_lr("student_distill") == config.experiment.student_learning_rate
+    assert recorded_lr("teacher_cnn") == config.optim.learning_rate
     # The distilled stage logged what DATW did and drew it; results.md links the figure.
     history = mechanism.read_history(str(tmp_path / "student_distill"))
     assert history and "datw_weight/cnn" in history[-1] and "sdd" in history[-1]

@@ -292,6 +292,14 @@ def main(argv=None) -> None:
     parser.add_argument("--forward", action="store_true", help="each model's forward alone")
     parser.add_argument("--torch", action="store_true", help="the PyTorch reference too")
     parser.add_argument(
+        "--objective",
+        choices=("config", "paper"),
+        default="config",
+        help="config: the config's loss as it is; paper: DATW + SDD + RKD on top of it "
+        "(configs/default.paper_objective), the step every earlier figure of "
+        "docs/benchmarks.md timed for configs/default.py, which now runs uniform dual KD",
+    )
+    parser.add_argument(
         "--convolutions",
         type=lambda v: tuple(v.split(",")),
         default=("auto",),
@@ -316,6 +324,10 @@ def main(argv=None) -> None:
     if unknown:
         parser.error(f"--convolutions: unknown {unknown}; one of {layers.CONVOLUTION_MODES}")
     config = load_config(args.config, args.set)
+    if args.objective == "paper":
+        from configs import default
+
+        default.paper_objective(config.loss)
     config_lib.validate(config)
     # As the trainer does: a second run loads its compiled programs from disk.
     from vkd_jax.main import enable_compilation_cache, fast_compile_settings

@@ -43,9 +43,22 @@ ROWS = [
 FIGURE = "label_budget.png"
 
 
-def budget_split(train_split: str, clips: int) -> str:
-    """The first ``clips`` examples of the train split (TFDS slicing)."""
+def budget_split(train_split: str, clips: int, own: tuple[str, int] | None = None) -> str:
+    """The first ``clips`` examples of the train split (TFDS slicing).
+
+    ``own`` is the config's student split and its size: a budget of that size takes the
+    split's own string (``train[:12.5%]`` rather than ``train[:600]``, the same clips),
+    so that stages of experiments and ablations at that split are found and reused."""
+    if own is not None and own[0] and int(own[1]) == int(clips):
+        return own[0]
     return f"{train_split.split('[')[0]}[:{int(clips)}]"
+
+
+def split_size(data_cfg, split: str) -> int:
+    """Examples in a TFDS split string of the config's dataset."""
+    from vkd_jax.data import pipeline
+
+    return int(pipeline.load_builder(data_cfg).info.splits[split].num_examples)
 
 
 def table(results: dict, split: str, seeds) -> str:
@@ -92,6 +105,7 @@ def plot(results: dict, split: str, path: str) -> None:
         ax.errorbar([int(b) for b in budgets], means, yerr=stds, marker="o", capsize=3,
                     label=row)  # fmt: skip
     ax.set_xscale("log")
+    ax.minorticks_off()  # Only the budgets are labelled (log minor labels overlap them).
     ax.set_xticks([int(b) for b in budgets], labels=budgets)
     ax.set_xlabel("labelled train clips of the student")
     ax.set_ylabel(f"top-1 % on {split} (mean ± std over seeds)")
@@ -122,8 +136,10 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     from tools import screen
     from tools.config_cli import apply_sets, load_config, parse_row
+    from vkd_jax.experiment import student_config
 
-    config = load_config(args.config)
+    # The students' learning rate folded into optim first, so that --set wins over it.
+    config = student_config(load_config(args.config))
     config.experiment.run_cka = False
     config.data.eval_split = args.split
     config.eval.latency_iters = 1
@@ -135,11 +151,13 @@ def main(argv=None) -> dict:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     shard = tuple(int(x) for x in args.shard.split("/")) if args.shard else None
     teacher_dirs = {k: v for k, v in (("cnn", args.cnn), ("vit", args.vit)) if v}
+    own_split = config.experiment.student_train_split
+    own = (own_split, split_size(config.data, own_split)) if own_split else None
     started = time.time()
     results: dict[str, dict] = {}
     index = 0
     for budget in budgets:
-        config.experiment.student_train_split = budget_split(config.data.train_split, budget)
+        config.experiment.student_train_split = budget_split(config.data.train_split, budget, own)
         workdir = os.path.join(args.workdir, f"budget_{budget}")
         for title, changes in rows:
             first = index

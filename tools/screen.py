@@ -38,12 +38,16 @@ import numpy as np  # noqa: E402
 
 from vkd_jax import reporting  # noqa: E402
 
+# Every row names each component's weight, whatever the config's defaults are.
 _OFF = "loss.sdd_weight=0.0; loss.rkd_distance_weight=0.0; loss.rkd_angle_weight=0.0"
 _UNIFORM = f"loss.teacher_weighting='uniform'; {_OFF}"
+_SDD = "loss.sdd_weight=1.0; loss.rkd_distance_weight=0.0; loss.rkd_angle_weight=0.0"
+_RKD = "loss.sdd_weight=0.0; loss.rkd_distance_weight=1.0; loss.rkd_angle_weight=2.0"
 
 PRESETS = {
     "recipe": [
-        "scratch (default recipe): scratch=True",
+        "scratch, lr 5e-3 (the recipe before the screen): scratch=True; "
+        "optim.learning_rate=5e-3",
         "lr 2e-3: scratch=True; optim.learning_rate=2e-3",
         "lr 1e-2: scratch=True; optim.learning_rate=1e-2",
         "600 steps: scratch=True; train.num_steps=600",
@@ -51,9 +55,9 @@ PRESETS = {
         "label smoothing 0.1: scratch=True; loss.label_smoothing=0.1",
     ],
     "kd": [
-        f"uniform dual, T 4, KD weight 1: {_UNIFORM}",
-        f"T 2: {_UNIFORM}; loss.temperature=2.0",
-        f"T 8: {_UNIFORM}; loss.temperature=8.0",
+        f"uniform dual, T 4, KD weight 1: {_UNIFORM}; loss.kd_weight=1.0",
+        f"T 2: {_UNIFORM}; loss.temperature=2.0; loss.kd_weight=1.0",
+        f"T 8: {_UNIFORM}; loss.temperature=8.0; loss.kd_weight=1.0",
         f"KD weight 0.5: {_UNIFORM}; loss.kd_weight=0.5",
         f"KD weight 2: {_UNIFORM}; loss.kd_weight=2.0",
     ],
@@ -68,14 +72,11 @@ PRESETS = {
         f"CA-MKD per teacher: loss.teacher_weighting='ca_mkd'; loss.datw.place='per_teacher'; "
         f"{_OFF}",
         f"EBKD: loss.teacher_weighting='ebkd'; loss.datw.confidence_temperature=1.0; {_OFF}",
-        "uniform + SDD residual: loss.teacher_weighting='uniform'; loss.rkd_distance_weight=0.0; "
-        "loss.rkd_angle_weight=0.0",
-        "uniform + SDD random projections: loss.teacher_weighting='uniform'; "
-        "loss.sdd.target='random_projections'; loss.rkd_distance_weight=0.0; "
-        "loss.rkd_angle_weight=0.0",
-        "uniform + RKD from the ViT (1, 2): loss.teacher_weighting='uniform'; "
-        "loss.sdd_weight=0.0",
-        "uniform + RKD from the CNN: loss.teacher_weighting='uniform'; loss.sdd_weight=0.0; "
+        f"uniform + SDD residual: loss.teacher_weighting='uniform'; {_SDD}",
+        f"uniform + SDD random projections: loss.teacher_weighting='uniform'; {_SDD}; "
+        "loss.sdd.target='random_projections'",
+        f"uniform + RKD from the ViT (1, 2): loss.teacher_weighting='uniform'; {_RKD}",
+        f"uniform + RKD from the CNN: loss.teacher_weighting='uniform'; {_RKD}; "
         "loss.rkd.teacher='cnn'",
         "uniform + RKD 0.1/0.2: loss.teacher_weighting='uniform'; loss.sdd_weight=0.0; "
         "loss.rkd_distance_weight=0.1; loss.rkd_angle_weight=0.2",
@@ -86,11 +87,15 @@ PRESETS = {
 def row_config(config, changes: dict) -> tuple[ml_collections.ConfigDict, bool]:
     """The config of one row and whether it trains from scratch."""
     from tools.config_cli import set_key
+    from vkd_jax.experiment import student_config
 
-    cfg = ml_collections.ConfigDict(config.to_dict())
+    # The students' learning rate first, so that a row's own optim.learning_rate wins.
+    cfg = ml_collections.ConfigDict(student_config(config).to_dict())
     scratch = bool(changes.pop("scratch", False))
     for key, value in changes.items():
         set_key(cfg, key, value)
+    if "experiment.student_learning_rate" in changes:
+        cfg = student_config(cfg)
     return cfg, scratch
 
 
@@ -208,8 +213,10 @@ def main(argv=None) -> list[dict]:
             "rows already chosen on validation)"
         )
     from tools.config_cli import apply_sets, load_config, parse_row
+    from vkd_jax.experiment import student_config
 
-    config = load_config(args.config)
+    # The students' learning rate folded into optim first, so that --set wins over it.
+    config = student_config(load_config(args.config))
     config.experiment.run_cka = False
     config.data.eval_split = args.split
     config.eval.latency_iters = 1  # Latency is not what is screened.

@@ -465,15 +465,17 @@ def evaluate_again(
     ``model_dir`` is evaluated on the requested ones (once: the result is stored under
     ``outdir/evaluations/``), and its accuracy replaces the stored one.
     """
+    want = eval_setting(config)
     first = storage.read_json(os.path.join(outdir, EVAL_FILE))
-    if first.get("eval") == eval_setting(config):
+    if first.get("eval") == want:
         return first
-    again = stored_evaluation(outdir, config)
-    if again is None:
-        other = _other_evaluation_dir(outdir, eval_setting(config))
+    other = _other_evaluation_dir(outdir, want)
+    path = os.path.join(other, EVAL_FILE)
+    again = storage.read_json(path) if storage.isfile(path) else None
+    if again is None or again.get("eval") != want:
         logging.info(
             "%s was evaluated on %s; evaluating it on %s", what, first.get("eval", "another split"),
-            eval_setting(config),
+            want,
         )  # fmt: skip
         again = evaluate_checkpoint(config, model_dir, other, what=what)
     merged = dict(first)

@@ -139,12 +139,28 @@ def _evaluate_checkpoint(config, path: str, workdir: str, name: str) -> dict[str
     )
 
 
+def student_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config the students' stages train with: ``optim.learning_rate`` replaced by
+    ``experiment.student_learning_rate`` when that is set (the teachers keep the former),
+    which is then 0, so folding twice changes nothing and a later ``optim.learning_rate``
+    override wins. The stage records the learning rate it used, so a stage trained either
+    way is found by its settings."""
+    lr = config.experiment.get("student_learning_rate", 0.0)
+    if not lr:
+        return config
+    cfg = ml_collections.ConfigDict(config.to_dict())
+    cfg.optim.learning_rate = float(lr)
+    cfg.experiment.student_learning_rate = 0.0
+    return cfg
+
+
 def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """The default dual-teacher experiment; returns (and writes) the results."""
     pipeline.load_builder(config.data)  # Builds the dataset once, before any stage.
     teacher_specs, teacher_summaries = _teacher_stages(config, workdir)
+    students = student_config(config)
     scratch = train.run(
-        config,
+        students,
         train.Stage(
             name="student_scratch",
             workdir=os.path.join(workdir, "student_scratch"),
@@ -155,7 +171,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
         ),
     )
     distill = train.run(
-        config,
+        students,
         train.Stage(
             name="student_distill",
             workdir=os.path.join(workdir, "student_distill"),
@@ -176,6 +192,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
         },
         "student_gain_top1": distill["top1"] - scratch["top1"],
         "objective": _objective_description(config.loss),
+        "teacher_weighting": config.loss.teacher_weighting,
     }
     if config.experiment.run_cka:
         from vkd_jax import cka_maps  # Imports matplotlib; only when maps are wanted.
@@ -278,7 +295,7 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
     table: dict[str, list[dict[str, Any]]] = {}
     for variant in config.ablation.variants:
         for seed in config.ablation.seeds:
-            cfg = ml_collections.ConfigDict(config.to_dict())
+            cfg = ml_collections.ConfigDict(student_config(config).to_dict())
             cfg.seed = int(seed)
             if variant == "scratch":
                 loss = stages.supervised_loss(config.loss)
@@ -437,9 +454,15 @@ def _results_markdown(rows, results) -> str:
         lines += efficiency_markdown(results["efficiency"])
     datw = results["models"]["student_distill"].get("datw")
     if datw:
+        weighting = results.get("teacher_weighting", "datw")
+        title = (
+            "What DATW did"
+            if weighting == "datw"
+            else f"The teachers' weights ({weighting}) and DATW's terms, logged for comparison"
+        )
         lines += [
             "",
-            "What DATW did (means over the second half of training; "
+            f"{title} (means over the second half of training; "
             "[figure](student_distill/mechanism.png)):",
             "",
             "| Teacher | weight | confidence c_k | discrepancy d_k | corr(w, c) | corr(w, d) |",

@@ -399,6 +399,7 @@ def settings_markdown(config: Any, default: Any) -> list[str]:
     so that a table is never read as the result of other settings."""
     lo, e = config.loss, config.get("experiment", {})
     split = (e.get("student_train_split", "") if e else "") or config.data.train_split
+    lr = (e.get("student_learning_rate", 0.0) if e else 0.0) or config.optim.learning_rate
     weights = ", ".join(
         f"{name} {lo[key]}"
         for name, key in (("CE", "ce_weight"), ("KD", "kd_weight"), ("SDD", "sdd_weight"),
@@ -410,8 +411,8 @@ def settings_markdown(config: Any, default: Any) -> list[str]:
         "Settings (each stage's folder records its own in config.json):",
         "",
         f"- Distillation: temperature {lo.temperature}; loss weights {weights}; teacher "
-        f"weighting `{lo.teacher_weighting}`; {config.train.num_steps} steps; student split "
-        f"`{split}`; seed {config.seed}.",
+        f"weighting `{lo.teacher_weighting}`; {config.train.num_steps} steps at peak learning "
+        f"rate {lr}; student split `{split}`; seed {config.seed}.",
     ]
     have = {k: v for k, v in _flatten(config).items() if k.split(".")[0] in _RESULT_SECTIONS}
     base = _flatten(default)

@@ -72,6 +72,10 @@ def supervised_loss(loss_cfg: ml_collections.ConfigDict) -> ml_collections.Confi
         cfg[key] = 0.0
     cfg.feature_kd_weight = 0.0
     cfg.sdd.adapter_weight = 0.0
+    # Unread without KD. Fixed rather than the default's, so that a default change does
+    # not make every finished scratch stage look like another one ("datw": what they
+    # recorded before configs/default.py turned to uniform weighting).
+    cfg.teacher_weighting = "datw"
     return cfg
 
 

@@ -101,6 +101,7 @@ def base(analysis: str, scale: str = "builtin") -> ml_collections.ConfigDict:
     # ensemble_space="logits" to compare). No SDD or RKD (dual-teacher terms).
     lo = c.loss
     lo.kd_teachers = ()  # Set per row to the row's teachers.
+    lo.kd_weight = 1.0  # The study's (configs/default.py's 2 was chosen for dual-teacher KD).
     lo.teacher_weighting = "uniform"
     lo.ensemble_space = "probs"
     lo.sdd_weight = 0.0
