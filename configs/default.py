@@ -6,7 +6,7 @@ student on the same subset from both teachers, evaluates every model and writes 
 maps, all on a laptop CPU. The distillation is what the validation split chose
 (docs/science.md): uniform dual-teacher KD at KD weight 2 and the students' learning
 rate 2e-2. DATW, SDD and RKD are implemented and tested but off here, because at this
-scale DATW made the student worse and SDD and RKD did not measurably help;
+scale none of them was shown to help over 10 paired seeds;
 `paper_objective` below (and configs/ablation.py, configs/dual_teacher/) turns them on.
 
 Run:
@@ -139,8 +139,9 @@ def get_config() -> ml_collections.ConfigDict:
     # datw (adaptive per sample) | uniform (ablation baseline) | the controls and peers of
     # docs/design.md: fixed (teacher_weights) | oracle (per clip, the teachers that are
     # right; uses labels, an upper bound) | ca_mkd (Zhang et al., ICASSP 2022) | ebkd.
-    # Uniform, not DATW: on the final 5-seed table DATW cost -3.2 points [-6.0, -0.4]
-    # against uniform weights at this scale (docs/science.md); paper_objective sets datw.
+    # Uniform, not DATW: DATW is not shown to help at this scale, -1.3 points [-4.2, +1.7]
+    # against uniform weights over 10 paired seeds (docs/science.md); paper_objective
+    # sets datw.
     lo.teacher_weighting = "uniform"
     lo.teacher_weights = ()  # teacher_weighting=fixed: one weight per kd_teacher (normalized).
     # What the kd_teachers' weights average: logits (softmax(sum_k w_k z_k / T), the DATW
@@ -163,9 +164,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Where any teacher weighting acts: mix (one target from sum_k w_k z_k) | per_teacher
     # (sum_k w_k KD(s, z_k), CA-MKD's place).
     lo.datw.place = "mix"
-    # Structure discrepancy distillation (the ViT - CNN residual). 0 (off) here: +0.4
-    # points [-1.6, +2.5] on top of DATW, not shown to help, for a branch and a ridge fit
-    # (docs/science.md); paper_objective sets 1.
+    # Structure discrepancy distillation (the ViT - CNN residual). 0 (off) here: -0.6
+    # points [-2.3, +1.1] on top of DATW over 10 seeds, not shown to help, for a branch
+    # and a ridge fit (docs/science.md); paper_objective sets 1.
     lo.sdd_weight = 0.0
     lo.sdd = ml_collections.ConfigDict()
     lo.sdd.vit_teacher = "vit"  # Teacher giving f_vit.
@@ -188,8 +189,8 @@ def get_config() -> ml_collections.ConfigDict:
     lo.sdd.projection_seed = 0  # Seed of the fixed (non-trainable) random projections.
     lo.sdd.loss_type = "mse"  # mse | smooth_l1 | cosine.
     lo.sdd.adapter_weight = 0.0  # Extra feature KD: student adapter matches phi_cnn(f_cnn).
-    # RKD distance and angle losses (Park et al. 2019). Off here: -0.2 points [-2.8, +2.3]
-    # on the final table, not shown to help (docs/science.md); paper_objective sets 1, 2.
+    # RKD distance and angle losses (Park et al. 2019). Off here: +0.8 points [-1.4, +3.0]
+    # over 10 seeds, not shown to help (docs/science.md); paper_objective sets 1, 2.
     lo.rkd_distance_weight = 0.0
     lo.rkd_angle_weight = 0.0
     lo.rkd = ml_collections.ConfigDict()

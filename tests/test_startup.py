@@ -38,8 +38,11 @@ def test_jit_init_gives_the_default_compilers_values_bit_for_bit(name, variant):
 
 
 def _distill_setup(teacher_vars_for_init):
+    from configs import default
+
     cfg = config_lib.default_config()
-    loss_cfg = ml_collections.FrozenConfigDict(cfg.loss)
+    # The paper's objective, so that the state holds the training-only SDD branch too.
+    loss_cfg = ml_collections.FrozenConfigDict(default.paper_objective(cfg.loss))
     student = models.get_model("x3d", variant="tiny", num_classes=5)
     teachers = {
         "cnn": models.get_model("x3d", variant="tiny_m", num_classes=5),
