@@ -442,10 +442,18 @@ def stored_evaluation(outdir: str, config: ml_collections.ConfigDict) -> dict[st
         os.path.join(outdir, EVAL_FILE),
         os.path.join(_other_evaluation_dir(outdir, want), EVAL_FILE),
     ):
-        if storage.isfile(path):
-            summary = storage.read_json(path)
-            if summary.get("eval") == want:
-                return summary
+        summary = _summary_for(path, want)
+        if summary is not None:
+            return summary
+    return None
+
+
+def _summary_for(path: str, setting: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The summary in ``path`` if it was measured with ``setting``; None otherwise."""
+    if storage.isfile(path):
+        summary = storage.read_json(path)
+        if summary.get("eval") == setting:
+            return summary
     return None
 
 
@@ -470,9 +478,8 @@ def evaluate_again(
     if first.get("eval") == want:
         return first
     other = _other_evaluation_dir(outdir, want)
-    path = os.path.join(other, EVAL_FILE)
-    again = storage.read_json(path) if storage.isfile(path) else None
-    if again is None or again.get("eval") != want:
+    again = _summary_for(os.path.join(other, EVAL_FILE), want)
+    if again is None:
         logging.info(
             "%s was evaluated on %s; evaluating it on %s", what, first.get("eval", "another split"),
             want,
