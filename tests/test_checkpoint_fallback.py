@@ -61,3 +61,25 @@ def test_no_intact_checkpoint_names_the_folder_to_delete(tmp_path):
     with pytest.raises(errors.CheckpointError, match=r"no intact checkpoint .*steps 2, 1.*delete"):
         checkpoint.restore_state(manager, abstract)
     assert sorted(manager.all_steps()) == [1, 2]  # Nothing deleted when nothing restores.
+
+
+def test_a_state_of_another_layout_is_named_as_such_and_never_deleted(tmp_path):
+    """Checkpoints of the per-leaf optax state (before train_step.FlatOptimizer) do not
+    resume into today's state: the error says it is the layout, not damage, and names the
+    folder; nothing is deleted."""
+    import optax
+
+    from vkd_jax import config_lib, train_step
+
+    params = {"a": jnp.ones((3, 2)), "b": jnp.ones((2,))}
+    manager = checkpoint.checkpoint_manager(str(tmp_path), max_to_keep=5)
+    checkpoint.save_state(manager, 4, {"params": params, "opt": optax.adamw(1e-3).init(params)})
+    manager.wait_until_finished()
+    tx, _ = train_step.make_optimizer(config_lib.default_config().optim, 10)
+    abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), {"params": params, "opt": tx.init(params)}
+    )
+    with pytest.raises(errors.CheckpointError, match="another layout") as info:
+        checkpoint.restore_state(manager, abstract)
+    assert str(tmp_path) in str(info.value)
+    assert manager.all_steps() == [4]

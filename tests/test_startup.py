@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from unittest import mock
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -162,3 +165,62 @@ def test_a_teacher_restored_from_a_model_directory_is_never_initialized(tmp_path
     assert concrete_calls == [], "a teacher was initialized on values"
     assert compiled_by_loading == [], compiled_by_loading
     _assert_identical(restored, saved)
+
+
+def test_step_compiled_in_the_background_is_the_one_the_first_call_runs(caplog):
+    """With example_args, prepare compiles the step in a thread while the state is made:
+    the first call waits for that program and compiles nothing else, the thread traces in
+    the caller's convolution mode, and the step equals one compiled on its first call."""
+    from vkd_jax.models import convolutions
+
+    student, teachers, heads, tx, schedule, loss_cfg, video = _distill_setup(None)
+    teacher_vars = {
+        n: m.init(jax.random.key(i), video[:1], train=False)
+        for i, (n, m) in enumerate(teachers.items())
+    }
+    mesh = sharding.make_mesh(1)
+    teacher_vars = jax.device_put(teacher_vars, sharding.replicated(mesh))
+    rng = np.random.default_rng(0)
+    batch = sharding.to_global(
+        {"video": rng.standard_normal((2, *CLIP, 3)).astype(np.float32),
+         "label": np.array([0, 1], np.int32)}, mesh)  # fmt: skip
+    constants = residual_fit.shape_constants(loss_cfg, teachers, teacher_vars, video)
+
+    def prepare(**kwargs):
+        return startup.prepare(
+            init=lambda r: train_step.init_state(rng=r, student=student, heads=heads,
+                                                 teachers=teachers, tx=tx, video=video,
+                                                 teacher_vars=startup.abstract_tree(teacher_vars)),
+            step=train_step.make_train_step(student=student, heads=heads, teachers=teachers,
+                                            loss_cfg=loss_cfg, constants=constants, tx=tx,
+                                            schedule=schedule, rng=jax.random.key(4)),
+            rng=jax.random.key(3), mesh=mesh, **kwargs)  # fmt: skip
+
+    with convolutions.convolutions("cpu"):
+        plain = prepare()
+        expected, _ = plain.step(plain.state, teacher_vars, batch)
+    traced_modes = []
+    real_apply = convolutions.conv3d_apply
+
+    def spy(*args, **kwargs):
+        traced_modes.append(convolutions.mode())
+        return real_apply(*args, **kwargs)
+
+    example_args = (startup.abstract_tree(teacher_vars, keep_sharding=True),
+                    sharding.batch_spec(2, CLIP, mesh))  # fmt: skip
+    # The global flag: jax.log_compiles() as a context is the calling thread's only.
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING), mock.patch.object(convolutions, "conv3d_apply", spy):
+            with convolutions.convolutions("cpu"):  # Not the thread's default ("auto").
+                prepared = prepare(example_args=example_args)
+            state, metrics = prepared.step(prepared.state, teacher_vars, batch)
+            _assert_identical(state.params, expected.params)
+            state, metrics = prepared.step(state, teacher_vars, batch)
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    compiles = [r for r in caplog.records if "Finished XLA compilation of jit(step)" in r.message]
+    assert len(compiles) == 1, [r.message[:80] for r in compiles]
+    assert prepared.compile_seconds() > 0
+    assert traced_modes and set(traced_modes) == {"cpu"}
+    assert bool(metrics["finite"]) and int(state.step) == 2

@@ -204,42 +204,50 @@ def bench(
     teachers = {n: make(config.teachers[n]) for n in names}
     video = jnp.zeros((2, t, s, s, 3), jnp.float32)
     t_init = time.perf_counter()
-    # Random teachers (the trainer restores them from model directories instead), and the
-    # state as the trainer makes it: vkd_jax.startup (what jit compiles of an init is its
-    # initializers: the forward pass is dropped as unused).
-    teacher_vars = {
-        n: startup.jit_init(lambda r, m=m: m.init(r, video, train=False))(jax.random.key(i))
-        for i, (n, m) in enumerate(teachers.items())
+    # As the trainer does (vkd_jax.startup): the step compiles in a background thread
+    # from the arguments' shapes while this thread makes the state and the teachers.
+    init_teacher = lambda m: lambda r: m.init(r, video, train=False)
+    t_abstract = {
+        n: jax.eval_shape(init_teacher(m), jax.random.key(0)) for n, m in teachers.items()
     }
+    t_specs = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), t_abstract
+    )
     heads = objective.DistillationHeads(loss_cfg=loss_cfg, dtype=dtype)
     tx, schedule = train_step.make_optimizer(config.optim, 1000)
-    t_abstract = startup.abstract_tree(teacher_vars)
-    prepared = startup.prepare(
-        init=lambda r: train_step.init_state(
-            rng=r,
-            student=student,
-            heads=heads,
-            teachers=teachers,
-            teacher_vars=t_abstract,
-            tx=tx,
-            video=video,
-        ),
-        step=train_step.make_train_step(
-            student=student,
-            heads=heads,
-            teachers=teachers,
-            loss_cfg=loss_cfg,
-            # The SDD residual map's shapes (its values do not change the step's cost).
-            constants=residual_fit.shape_constants(loss_cfg, teachers, teacher_vars, video),
-            tx=tx,
-            schedule=schedule,
-            rng=jax.random.key(1),
-            accum_steps=config.optim.grad_accum_steps,
-        ),
-        rng=jax.random.key(0),
-        mesh=mesh,
-    )
-    teacher_vars = jax.device_put(teacher_vars, repl)
+    with layers.convolutions(convolutions):  # Traced (and so compiled) in this mode.
+        prepared = startup.prepare(
+            init=lambda r: train_step.init_state(
+                rng=r,
+                student=student,
+                heads=heads,
+                teachers=teachers,
+                teacher_vars=t_abstract,
+                tx=tx,
+                video=video,
+            ),
+            step=train_step.make_train_step(
+                student=student,
+                heads=heads,
+                teachers=teachers,
+                loss_cfg=loss_cfg,
+                # The SDD residual map's shapes (its values do not change the step's cost).
+                constants=residual_fit.shape_constants(loss_cfg, teachers, t_abstract, video),
+                tx=tx,
+                schedule=schedule,
+                rng=jax.random.key(1),
+                accum_steps=config.optim.grad_accum_steps,
+            ),
+            rng=jax.random.key(0),
+            mesh=mesh,
+            example_args=(t_specs, sharding.batch_spec(batch, (t, s, s), mesh)),
+        )
+    # Random teachers (the trainer restores them from model directories instead; what
+    # jit compiles of an init is its initializers, the forward pass dropped as unused).
+    teacher_vars = {
+        n: startup.jit_init(init_teacher(m), out_shardings=repl)(jax.random.key(i))
+        for i, (n, m) in enumerate(teachers.items())
+    }
     state, step = prepared.state, prepared.step
     jax.block_until_ready((state, teacher_vars))
     init_s = time.perf_counter() - t_init
@@ -251,21 +259,19 @@ def bench(
         },
         data,
     )
-    t0 = time.perf_counter()
-    with layers.convolutions(convolutions):  # Traced (and so compiled) in this mode.
-        compiled = step.lower(state, teacher_vars, batch_arrays).compile()
-    compile_s = time.perf_counter() - t0
     times, first_step_done = [], None
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        state, metrics = compiled(state, teacher_vars, batch_arrays)
+        state, metrics = step(state, teacher_vars, batch_arrays)
         jax.block_until_ready(metrics["loss"])
         first_step_done = first_step_done or time.perf_counter()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     assert bool(metrics["finite"]), "benchmark step produced a non-finite loss"
     median = float(np.median(times))
-    memory, memory_kind = _memory(compiled)
+    # The background compile's own duration (it overlapped the init).
+    compile_s = prepared.compile_seconds()
+    memory, memory_kind = _memory(step.compiled())
     return {
         "what": ("distillation step" if distill else "student alone")
         + ("" if convolutions == "auto" else f" ({convolutions} convolutions)"),

@@ -192,9 +192,17 @@ def restore_state(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[
             manager.delete(damaged)
         return state, step
     newest, reason = failures[0]
+    layout = ""
+    if all("Structure mismatch" in r for _, r in failures):
+        # Not damage: the state's tree differs from the one saved.
+        layout = (
+            "; the checkpoints hold a training state of another layout, e.g. one written "
+            "before the optimizer state became one vector per moment (vkd_jax.train_step."
+            "FlatOptimizer), which this version cannot resume"
+        )
     raise CheckpointError(
         f"no intact checkpoint in {manager.directory} (steps {', '.join(map(str, steps))}; step "
-        f"{newest}: {reason}); delete {manager.directory} to start this stage over"
+        f"{newest}: {reason}){layout}; delete {manager.directory} to start this stage over"
     )
 
 

@@ -73,6 +73,19 @@ def local_batch_size(global_batch_size: int, mesh: Mesh | None = None) -> int:
     return global_batch_size // num_processes
 
 
+def batch_spec(
+    global_batch_size: int, clip: tuple[int, int, int], mesh: Mesh
+) -> dict[str, jax.ShapeDtypeStruct]:
+    """The shapes, dtypes and shardings of a global training batch, as
+    ``vkd_jax.data.pipeline.train_dataset`` and `to_global` make it: ``video`` float32
+    ``(B, T, H, W, 3)``, ``label`` int32 ``(B,)``, both split over "data"."""
+    data = data_sharding(mesh)
+    return {
+        "video": jax.ShapeDtypeStruct((global_batch_size, *clip, 3), np.float32, sharding=data),
+        "label": jax.ShapeDtypeStruct((global_batch_size,), np.int32, sharding=data),
+    }
+
+
 def to_global(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
     """Assembles process-local batches into global arrays sharded over "data".
 

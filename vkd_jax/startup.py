@@ -19,6 +19,17 @@ before; ``tests/test_startup.py`` checks it. The train step keeps the default
 level (it would run slower and round differently). Measurements: docs/benchmarks.md,
 "Start-up time".
 
+Why the step compiles in the background: the step's compile is the largest part of a
+start (docs/benchmarks.md, "Start-up time") and needs only the shapes of its arguments.
+Given them (``example_args``), :func:`prepare` compiles the step in a thread from the
+state's abstract shapes while the caller's thread initializes (or restores) the state
+and starts the input pipeline; the step's first call waits for it. XLA compiles outside Python's
+lock, so on a CPU with two or more cores the two overlap. The program is the one the
+first call would have compiled (same function, shapes, shardings and convolution mode):
+JAX's cache hands it to that call. JAX's thread-local settings (``jax.log_compiles()``
+or ``jax.default_matmul_precision()`` used as contexts) stay with the caller's thread:
+under one, the first call compiles its own program, correct but not sooner.
+
 Teachers restored from model directories are never initialized:
 :func:`vkd_jax.checkpoint.load_model` takes their shapes from ``jax.eval_shape``,
 and :func:`vkd_jax.train_step.init_state` reads only the shapes of their features.
@@ -26,9 +37,13 @@ and :func:`vkd_jax.train_step.init_state` reads only the shapes of their feature
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextvars
 import dataclasses
 import os
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -68,6 +83,8 @@ class Prepared:
         metrics)``: ``state`` donated, the arguments between (the teachers' variables)
         replicated, ``batch`` split over the mesh's data axis.
       manager: the stage's checkpoint manager (None without a ``workdir``).
+      compile_seconds: the background compile's own duration, once it is done (None
+        without ``example_args``, or before it finishes).
     """
 
     state: Any
@@ -75,6 +92,49 @@ class Prepared:
     restored: bool
     step: Any
     manager: Any = None
+    compile_seconds: Callable[[], float | None] = lambda: None
+
+
+class _CompiledInBackground:
+    """The jitted step, compiled by a thread started at construction.
+
+    The first call waits for that compile (and raises its error, if any); every call
+    then goes through the jitted function, whose cache holds the compiled program.
+    ``lower`` and the other attributes are the jitted function's.
+    """
+
+    def __init__(self, jitted: Any, abstract_args: Sequence[Any]):
+        self._jitted = jitted
+        self._seconds: float | None = None
+        self._ready = threading.Event()
+        context = contextvars.copy_context()  # The caller's convolution mode and the like.
+
+        def compile_step():
+            start = time.perf_counter()
+            try:
+                return context.run(lambda: jitted.lower(*abstract_args).compile())
+            finally:
+                self._seconds = time.perf_counter() - start
+
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vkd-compile")
+        self._future = pool.submit(compile_step)
+        pool.shutdown(wait=False)
+
+    def seconds(self) -> float | None:
+        return self._seconds
+
+    def compiled(self) -> Any:
+        """The compiled step (``jax.stages.Compiled``), once the thread is done."""
+        return self._future.result()
+
+    def __call__(self, *args: Any) -> Any:
+        if not self._ready.is_set():
+            self._future.result()
+            self._ready.set()
+        return self._jitted(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._jitted, name)
 
 
 def prepare(
@@ -86,6 +146,8 @@ def prepare(
     replicated_args: int = 1,
     workdir: str | None = None,
     max_to_keep: int = 2,
+    example_args: Sequence[Any] | None = None,
+    num_steps: int | None = None,
 ) -> Prepared:
     """Initializes or restores a training state and jits its step.
 
@@ -100,43 +162,63 @@ def prepare(
       workdir: a stage directory: its ``checkpoints/`` are opened and the latest one
         restored instead of running ``init``. None: always a fresh state (benchmarks).
       max_to_keep: checkpoints the manager keeps.
+      example_args: ``jax.ShapeDtypeStruct`` trees of the step's arguments after the
+        state (the replicated ones, then the global batch, with their shardings): the
+        step then compiles in a background thread while the state is initialized
+        (module docstring). None: it compiles on its first call, or when the caller
+        lowers it.
+      num_steps: the stage's last step; a state restored there trains no more, so
+        nothing is compiled for it in the background.
 
     Returns:
-      A :class:`Prepared`. Nothing is compiled for the step yet (it compiles on its
-      first call, or when the caller lowers it).
+      A :class:`Prepared`.
     """
     repl = sharding.replicated(mesh)
     init_fn = jit_init(init, out_shardings=repl)
-    manager, restored = None, None
-    if workdir is not None:
-        # The shapes and (replicated) shardings init would produce, without running it.
-        abstract = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
-            jax.eval_shape(init_fn, rng),
-        )
-        manager = checkpoint.checkpoint_manager(
-            os.path.join(workdir, "checkpoints"), max_to_keep=max_to_keep
-        )
-        restored = checkpoint.restore_state(manager, abstract)
-    if restored is None:
-        state, start_step = init_fn(rng), 0
-    else:
-        state, start_step = restored
     p_step = jax.jit(
         step,
         in_shardings=(repl,) * (1 + replicated_args) + (sharding.data_sharding(mesh),),
         out_shardings=(repl, repl),
         donate_argnums=(0,),
     )
+    manager, restored = None, None
+    abstract = None
+    if workdir is not None or example_args is not None:
+        # The shapes and (replicated) shardings init would produce, without running it.
+        abstract = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl, weak_type=x.weak_type),
+            jax.eval_shape(init_fn, rng),
+        )
+    if workdir is not None:
+        manager = checkpoint.checkpoint_manager(
+            os.path.join(workdir, "checkpoints"), max_to_keep=max_to_keep
+        )
+        restored = checkpoint.restore_state(manager, abstract)
+    start_step = 0 if restored is None else restored[1]
+    compile_seconds = lambda: None
+    if example_args is not None and (num_steps is None or start_step < num_steps):
+        p_step = _CompiledInBackground(p_step, (abstract, *example_args))
+        compile_seconds = p_step.seconds
+    state = init_fn(rng) if restored is None else restored[0]
     return Prepared(
         state=state,
         start_step=start_step,
         restored=restored is not None,
         step=p_step,
         manager=manager,
+        compile_seconds=compile_seconds,
     )
 
 
-def abstract_tree(tree: Any) -> Any:
-    """``jax.ShapeDtypeStruct`` of every leaf (for closures that need only shapes)."""
-    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+def abstract_tree(tree: Any, *, keep_sharding: bool = False) -> Any:
+    """``jax.ShapeDtypeStruct`` of every leaf (for closures that need only shapes);
+    ``keep_sharding`` keeps each array's sharding and weak type too (what a compile
+    ahead of the call needs: ``prepare``'s ``example_args``)."""
+    if not keep_sharding:
+        return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(
+            x.shape, x.dtype, sharding=x.sharding, weak_type=x.aval.weak_type
+        ),
+        tree,
+    )

@@ -184,6 +184,13 @@ def _run_stage(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any
         mesh=mesh,
         workdir=stage.workdir,
         max_to_keep=config.train.max_to_keep,
+        # The step's arguments (pipeline.train_dataset's batches): it compiles in the
+        # background while the state is made and the input pipeline starts.
+        example_args=(
+            startup.abstract_tree(teacher_vars, keep_sharding=True),
+            sharding.batch_spec(config.train.batch_size, (t, s, s), mesh),
+        ),
+        num_steps=stage.num_steps,
     )
     state, start_step, manager = prepared.state, prepared.start_step, prepared.manager
     if not prepared.restored and stage.init_checkpoint:

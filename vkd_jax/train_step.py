@@ -10,13 +10,16 @@ SDD branch and adapters live under ``heads``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 from vkd_jax.losses import objective
 
@@ -28,7 +31,7 @@ class TrainState(flax.struct.PyTreeNode):
       step: optimizer updates done (int32 scalar).
       params: ``{"student": ..., "heads": ...}``, the trainable subtrees.
       batch_stats: the student's batch-norm statistics (``{}`` for models without).
-      opt_state: optax state of ``params``.
+      opt_state: the optimizer's state of ``params`` (:class:`FlatOptimizer`).
     """
 
     step: jax.Array
@@ -37,15 +40,75 @@ class TrainState(flax.struct.PyTreeNode):
     opt_state: Any
 
 
-def make_optimizer(optim_cfg: Any, num_steps: int) -> tuple[optax.GradientTransformation, Any]:
+@dataclasses.dataclass(frozen=True)
+class FlatOptimizer:
+    """An optimizer whose elementwise work runs on one vector holding every parameter.
+
+    ``optax.chain`` over a parameter tree emits a few kernels per leaf (clip, moments,
+    decay, learning rate, the update, the finite guard): XLA compiles each on its own,
+    and on the CPU that is most of a small model's step compile (a third of the default
+    config's; docs/benchmarks.md, "Start-up time"). Here the gradients and parameters
+    are raveled into one vector each, the same optax transformations run on it, and the
+    new parameters are unraveled once. Every element sees the same operations as under
+    the per-leaf chain; the values equal optax's to float32 rounding (the global norm
+    sums in another order, and XLA may fuse a multiply-add differently;
+    ``tests/test_train.py`` checks against ``optax.adamw``/``optax.sgd`` with the same
+    mask and clipping).
+
+    Attributes:
+      stages: optax transformations applied in order to the flat vector; ``None``
+        marks where weight decay (``weight_decay`` times the parameter, kernels only)
+        is added.
+      weight_decay: decoupled (adamw) or L2 (sgd) weight decay.
+      clip_norm: global-norm clipping of the gradient tree (0: none).
+    """
+
+    stages: tuple[Any, ...]
+    weight_decay: float = 0.0
+    clip_norm: float = 0.0
+
+    def init(self, params: Any) -> tuple[Any, ...]:
+        """The optimizer state of ``params`` (flat vectors, one state per stage)."""
+        flat, _ = ravel_pytree(params)
+        return tuple(optax.EmptyState() if t is None else t.init(flat) for t in self.stages)
+
+    def apply(self, grads: Any, state: tuple[Any, ...], params: Any) -> tuple[Any, Any]:
+        """``(new params, new state)`` after one update with ``grads``."""
+        flat_p, unravel = ravel_pytree(params)
+        flat_g, _ = ravel_pytree(grads)
+        if self.clip_norm > 0:
+            # optax.clip_by_global_norm's arithmetic.
+            g_norm = global_norm(grads)
+            clipped = (flat_g / g_norm.astype(flat_g.dtype)) * self.clip_norm
+            flat_g = jax.lax.select(g_norm < self.clip_norm, flat_g, clipped)
+        # Kernels (ndim > 1) decay; biases, norms' scales and 1-D embeddings do not. A
+        # constant of the tree's shapes.
+        decays = np.concatenate(
+            [np.full(np.size(p), np.ndim(p) > 1) for p in jax.tree_util.tree_leaves(params)]
+        )
+        new_state = []
+        for t, s in zip(self.stages, state):
+            if t is None:  # optax.add_decayed_weights under its mask.
+                flat_g = jnp.where(decays, flat_g + self.weight_decay * flat_p, flat_g)
+                new_state.append(s)
+            else:
+                flat_g, s = t.update(flat_g, s, flat_p)
+                new_state.append(s)
+        new_p = (flat_p + flat_g).astype(flat_p.dtype)  # optax.apply_updates
+        return unravel(new_p), tuple(new_state)
+
+
+def make_optimizer(optim_cfg: Any, num_steps: int) -> tuple[FlatOptimizer, Any]:
     """Optimizer and learning-rate schedule from the config's ``optim`` section.
 
     Linear warmup then cosine decay to ``min_learning_rate``; global-norm
     clipping; weight decay only on kernels (ndim > 1), never on biases, norms'
-    scales or embeddings' 1-D vectors.
+    scales or embeddings' 1-D vectors. ``adamw`` is ``optax.adamw``'s chain,
+    ``sgd`` L2 decay then ``optax.sgd``'s, both run on one flat vector
+    (:class:`FlatOptimizer`).
 
     Returns:
-      ``(tx, schedule)``.
+      ``(tx, schedule)``; ``tx.init(params)`` and :func:`optimizer_update` use it.
     """
     warmup = min(int(optim_cfg.warmup_steps), max(num_steps - 1, 0))
     schedule = optax.warmup_cosine_decay_schedule(
@@ -55,24 +118,34 @@ def make_optimizer(optim_cfg: Any, num_steps: int) -> tuple[optax.GradientTransf
         decay_steps=max(num_steps, warmup + 1),
         end_value=float(optim_cfg.min_learning_rate),
     )
-    decay_mask = lambda params: jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
-    parts = []
-    if optim_cfg.grad_clip_norm > 0:
-        parts.append(optax.clip_by_global_norm(float(optim_cfg.grad_clip_norm)))
+    lr = optax.scale_by_learning_rate(schedule)
     if optim_cfg.optimizer == "adamw":
-        parts.append(
-            optax.adamw(schedule, weight_decay=float(optim_cfg.weight_decay), mask=decay_mask)
-        )
+        stages = (optax.scale_by_adam(), None, lr)  # optax.adamw
     elif optim_cfg.optimizer == "sgd":
-        parts.append(optax.add_decayed_weights(float(optim_cfg.weight_decay), mask=decay_mask))
-        parts.append(optax.sgd(schedule, momentum=float(optim_cfg.momentum)))
+        stages = (None, optax.trace(decay=float(optim_cfg.momentum)), lr)  # L2, optax.sgd
     else:
         raise ValueError(f"Unknown optimizer {optim_cfg.optimizer!r}; use 'adamw' or 'sgd'")
-    return optax.chain(*parts), schedule
+    tx = FlatOptimizer(
+        stages=stages,
+        weight_decay=float(optim_cfg.weight_decay),
+        clip_norm=max(float(optim_cfg.grad_clip_norm), 0.0),
+    )
+    return tx, schedule
+
+
+def global_norm(tree: Any) -> jax.Array:
+    """The L2 norm of every leaf together, as one reduction over the raveled tree (the
+    optimizer's clipping and the finite guard share it; per-leaf norms would be a kernel
+    each to compile)."""
+    flat, _ = ravel_pytree(tree)
+    return jnp.sqrt(jnp.sum(jnp.square(flat)))
 
 
 def optimizer_update(tx, grads, opt_state, params):
-    """``(new params, new optimizer state)`` of one ``tx`` update."""
+    """``(new params, new optimizer state)`` of one ``tx`` update (a
+    :class:`FlatOptimizer` or any optax transformation)."""
+    if isinstance(tx, FlatOptimizer):
+        return tx.apply(grads, opt_state, params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
@@ -84,9 +157,11 @@ def keep_if_finite(new_state, old_state, loss, grads):
     Every training step (supervised, distillation, pretext) ends with this, so the
     non-finite guard is one piece of code. ``metrics`` holds ``finite`` and ``grad_norm``.
     """
-    grad_norm = optax.tree.norm(grads)
+    grad_norm = global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    state = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new_state, old_state)
+    # One conditional rather than a select per leaf: the same state, fewer kernels to
+    # compile.
+    state = jax.lax.cond(finite, lambda: new_state, lambda: old_state)
     return state, {"finite": finite, "grad_norm": grad_norm}
 
 
@@ -112,7 +187,7 @@ def init_state(
     heads: Any,
     teachers: Mapping[str, Any],
     teacher_vars: Mapping[str, Any],
-    tx: optax.GradientTransformation,
+    tx: Any,
     video: jax.Array,
 ) -> TrainState:
     """Initializes the student, the training-only heads and the optimizer state.
@@ -146,7 +221,7 @@ def make_train_step(
     heads: Any,
     teachers: Mapping[str, Any],
     loss_cfg: Any,
-    tx: optax.GradientTransformation,
+    tx: Any,
     schedule: Callable[[jax.Array], jax.Array],
     rng: jax.Array,
     accum_steps: int = 1,
