@@ -85,3 +85,32 @@ def test_convolution_modes_compute_the_same_function():
         )
     with pytest.raises(ValueError, match="'fast'"):
         layers.convolutions("fast")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_batch_norm_hand_written_backward_equals_autodiff(dtype):
+    """layers.batch_norm_train's rule (dx, dscale, dbias) equals autodiff of the same
+    forward, for the output's cotangent and the statistics' own, under jit; the values
+    are the forward's exactly; and a rule with a wrong dx fails the check."""
+    k = jax.random.split(jax.random.key(0), 6)
+    x = (jax.random.normal(k[0], (4, 3, 5, 7, 6)) * 3 + 1).astype(dtype)
+    scale, bias = jax.random.normal(k[1], (6,)), jax.random.normal(k[2], (6,))
+    dt = jnp.dtype(dtype)
+    hand = lambda x, s, b: layers.batch_norm_train(x, s, b, 1e-5, dt)
+    auto = lambda x, s, b: layers._batch_norm_forward(x, s, b, 1e-5, dt)[0]
+    cot = (jax.random.normal(k[3], x.shape).astype(dtype), jax.random.normal(k[4], (6,)),
+           jax.random.normal(k[5], (6,)))  # fmt: skip
+    grads = lambda f: jax.jit(lambda x, s, b: jax.vjp(f, x, s, b)[1](cot))(x, scale, bias)
+    for u, w in zip(jax.tree_util.tree_leaves(auto(x, scale, bias)),
+                    jax.tree_util.tree_leaves(hand(x, scale, bias))):  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(u, np.float32), np.asarray(w, np.float32))
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=2e-2, atol=2e-2)
+    for u, w in zip(grads(auto), grads(hand)):
+        np.testing.assert_allclose(np.asarray(u, np.float32), np.asarray(w, np.float32), **tol)
+    # The check can fail: drop the mean of dy from dx.
+    wrong = lambda x, s, b: (
+        jax.vjp(auto, x, s, b)[1](cot)[0]
+        - jnp.mean(cot[0].astype(jnp.float32), (0, 1, 2, 3)).astype(dtype)
+    )
+    assert not np.allclose(np.asarray(wrong(x, scale, bias), np.float32),
+                           np.asarray(grads(auto)[0], np.float32), **tol)  # fmt: skip

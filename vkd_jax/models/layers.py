@@ -169,6 +169,16 @@ class BatchNorm(nn.Module):
         ra_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
 
         x32 = x.astype(jnp.float32)
+        if train and self.axis_name is None:
+            # The batch's statistics with a hand-written backward (batch_norm_train).
+            y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, jnp.dtype(self.dtype))
+            if not self.is_initializing():
+                count = math.prod(x.shape[:-1])
+                unbiased = var * (count / max(count - 1, 1))
+                m = self.momentum
+                ra_mean.value = (1.0 - m) * ra_mean.value + m * mean
+                ra_var.value = (1.0 - m) * ra_var.value + m * unbiased
+            return y
         if train:
             axes = tuple(range(x.ndim - 1))
             count = math.prod(x.shape[:-1])
@@ -189,6 +199,52 @@ class BatchNorm(nn.Module):
             mean, var = ra_mean.value, ra_var.value
         y = (x32 - mean) * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias
         return y.astype(self.dtype)
+
+
+def _batch_norm_forward(x, scale, bias, epsilon, dtype):
+    axes = tuple(range(x.ndim - 1))
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axes)
+    # Two-pass variance: E[(x - mean)^2] does not cancel like E[x^2] - mean^2.
+    var = jnp.mean(jnp.square(x32 - mean), axes)
+    y = (x32 - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + bias
+    return (y.astype(dtype), mean, var), (x, scale, mean, var)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm_train(x, scale, bias, epsilon: float, dtype: Any):
+    """Train-mode batch normalization over all axes but the last, with its batch
+    statistics: ``(y, mean, var)``, ``var`` biased, everything float32 but ``y``.
+
+    The forward is :class:`BatchNorm`'s expressions. The backward is written by hand
+    (Ioffe & Szegedy's gradient): with ``xhat = (x - mean) / sigma`` and ``N`` values per
+    channel, ``dbias = sum(dy)``, ``dscale = sum(dy * xhat)`` and ``dx = scale / sigma *
+    (dy - dbias / N - xhat * dscale / N)``: one pass of two reductions and one
+    elementwise pass, where autodiff of the two-pass variance makes several (on the CPU
+    the BatchNorms were about a fifth of X3D's gradient; docs/benchmarks.md). The
+    statistics' own cotangents (zero when they only feed the running estimates) are
+    added too, so the rule is the function's whole derivative.
+    """
+    return _batch_norm_forward(x, scale, bias, epsilon, dtype)[0]
+
+
+def _batch_norm_bwd(epsilon, dtype, residuals, cotangents):
+    x, scale, mean, var = residuals
+    dy, dmean, dvar = cotangents
+    axes = tuple(range(x.ndim - 1))
+    n = math.prod(x.shape[:-1])
+    inv = jax.lax.rsqrt(var + epsilon)
+    centred = x.astype(jnp.float32) - mean
+    xhat = centred * inv
+    dy = dy.astype(jnp.float32)
+    dbias = jnp.sum(dy, axes)
+    dscale = jnp.sum(dy * xhat, axes)
+    dx = (scale * inv) * (dy - dbias / n - xhat * (dscale / n))
+    dx = dx + dmean / n + centred * (2.0 * dvar / n)
+    return dx.astype(x.dtype), dscale, dbias
+
+
+batch_norm_train.defvjp(_batch_norm_forward, _batch_norm_bwd)
 
 
 class StochasticDepth(nn.Module):
