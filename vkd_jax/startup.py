@@ -23,8 +23,9 @@ Why the step compiles in the background: the step's compile is the largest part 
 start (docs/benchmarks.md, "Start-up time") and needs only the shapes of its arguments.
 Given them (``example_args``), :func:`prepare` compiles the step in a thread from the
 state's abstract shapes while the caller's thread initializes (or restores) the state
-and starts the input pipeline; the step's first call waits for it. XLA compiles outside Python's
-lock, so on a CPU with two or more cores the two overlap. The program is the one the
+and starts the input pipeline; the step's first call waits for it. XLA compiles
+outside Python's lock, so on a CPU with two or more cores the two overlap.
+The program is the one the
 first call would have compiled (same function, shapes, shardings and convolution mode):
 JAX's cache hands it to that call. JAX's thread-local settings (``jax.log_compiles()``
 or ``jax.default_matmul_precision()`` used as contexts) stay with the caller's thread:
@@ -41,7 +42,6 @@ import concurrent.futures
 import contextvars
 import dataclasses
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -83,8 +83,6 @@ class Prepared:
         metrics)``: ``state`` donated, the arguments between (the teachers' variables)
         replicated, ``batch`` split over the mesh's data axis.
       manager: the stage's checkpoint manager (None without a ``workdir``).
-      compile_seconds: the background compile's own duration, once it is done (None
-        without ``example_args``, or before it finishes).
     """
 
     state: Any
@@ -92,21 +90,25 @@ class Prepared:
     restored: bool
     step: Any
     manager: Any = None
-    compile_seconds: Callable[[], float | None] = lambda: None
+
+    def compile_seconds(self) -> float | None:
+        """The background compile's own duration, once it is done (None without
+        ``example_args``, or before it finishes)."""
+        return self.step.seconds() if isinstance(self.step, _CompiledInBackground) else None
 
 
 class _CompiledInBackground:
     """The jitted step, compiled by a thread started at construction.
 
-    The first call waits for that compile (and raises its error, if any); every call
-    then goes through the jitted function, whose cache holds the compiled program.
+    A call waits for that compile (and raises its error, if any; once done, the wait
+    is a check of the future) and then goes through the jitted function, whose cache
+    holds the compiled program.
     ``lower`` and the other attributes are the jitted function's.
     """
 
     def __init__(self, jitted: Any, abstract_args: Sequence[Any]):
         self._jitted = jitted
         self._seconds: float | None = None
-        self._ready = threading.Event()
         context = contextvars.copy_context()  # The caller's convolution mode and the like.
 
         def compile_step():
@@ -128,9 +130,7 @@ class _CompiledInBackground:
         return self._future.result()
 
     def __call__(self, *args: Any) -> Any:
-        if not self._ready.is_set():
-            self._future.result()
-            self._ready.set()
+        self._future.result()
         return self._jitted(*args)
 
     def __getattr__(self, name: str) -> Any:
@@ -195,10 +195,8 @@ def prepare(
         )
         restored = checkpoint.restore_state(manager, abstract)
     start_step = 0 if restored is None else restored[1]
-    compile_seconds = lambda: None
     if example_args is not None and (num_steps is None or start_step < num_steps):
         p_step = _CompiledInBackground(p_step, (abstract, *example_args))
-        compile_seconds = p_step.seconds
     state = init_fn(rng) if restored is None else restored[0]
     return Prepared(
         state=state,
@@ -206,7 +204,6 @@ def prepare(
         restored=restored is not None,
         step=p_step,
         manager=manager,
-        compile_seconds=compile_seconds,
     )
 
 

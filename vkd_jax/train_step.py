@@ -90,10 +90,9 @@ class FlatOptimizer:
         for t, s in zip(self.stages, state):
             if t is None:  # optax.add_decayed_weights under its mask.
                 flat_g = jnp.where(decays, flat_g + self.weight_decay * flat_p, flat_g)
-                new_state.append(s)
             else:
                 flat_g, s = t.update(flat_g, s, flat_p)
-                new_state.append(s)
+            new_state.append(s)
         new_p = (flat_p + flat_g).astype(flat_p.dtype)  # optax.apply_updates
         return unravel(new_p), tuple(new_state)
 

@@ -45,6 +45,7 @@ he_normal_fan_out = convolutions_lib.he_normal_fan_out
 native_convolutions = convolutions_lib.native_convolutions
 portable_convolutions = convolutions_lib.portable_convolutions
 
+
 def swish(x: jax.Array) -> jax.Array:
     """Swish / SiLU, ``x * sigmoid(x)`` (Ramachandran, Zoph & Le, 2017)."""
     return jax.nn.silu(x)
@@ -169,45 +170,48 @@ class BatchNorm(nn.Module):
         ra_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
 
         x32 = x.astype(jnp.float32)
+        y = None
         if train and self.axis_name is None:
             # The batch's statistics with a hand-written backward (batch_norm_train).
             y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, jnp.dtype(self.dtype))
-            if not self.is_initializing():
-                count = math.prod(x.shape[:-1])
-                unbiased = var * (count / max(count - 1, 1))
-                m = self.momentum
-                ra_mean.value = (1.0 - m) * ra_mean.value + m * mean
-                ra_var.value = (1.0 - m) * ra_var.value + m * unbiased
-            return y
-        if train:
-            axes = tuple(range(x.ndim - 1))
-            count = math.prod(x.shape[:-1])
-            mean = jnp.mean(x32, axes)
-            if self.axis_name is not None:
-                mean = jax.lax.pmean(mean, self.axis_name)
-            # Two-pass variance: E[(x - mean)^2] does not cancel like E[x^2] - mean^2.
-            var = jnp.mean(jnp.square(x32 - mean), axes)
-            if self.axis_name is not None:
-                var = jax.lax.pmean(var, self.axis_name)
-                count = count * jax.lax.psum(1, self.axis_name)
-            if not self.is_initializing():
-                unbiased = var * (count / max(count - 1, 1))
-                m = self.momentum
-                ra_mean.value = (1.0 - m) * ra_mean.value + m * mean
-                ra_var.value = (1.0 - m) * ra_var.value + m * unbiased
+        elif train:
+            mean, var = _batch_statistics(x32, self.axis_name)
         else:
             mean, var = ra_mean.value, ra_var.value
-        y = (x32 - mean) * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias
-        return y.astype(self.dtype)
+        if train and not self.is_initializing():
+            count = math.prod(x.shape[:-1])
+            if self.axis_name is not None:
+                count = count * jax.lax.psum(1, self.axis_name)
+            unbiased = var * (count / max(count - 1, 1))
+            m = self.momentum
+            ra_mean.value = (1.0 - m) * ra_mean.value + m * mean
+            ra_var.value = (1.0 - m) * ra_var.value + m * unbiased
+        if y is None:
+            y = _normalize(x32, mean, var, scale, bias, self.epsilon).astype(self.dtype)
+        return y
+
+
+def _batch_statistics(x32, axis_name=None):
+    """Per-channel mean and biased variance over all axes but the last (and over the
+    mapped ``axis_name``, if any)."""
+    axes = tuple(range(x32.ndim - 1))
+    mean = jnp.mean(x32, axes)
+    if axis_name is not None:
+        mean = jax.lax.pmean(mean, axis_name)
+    # Two-pass variance: E[(x - mean)^2] does not cancel like E[x^2] - mean^2.
+    var = jnp.mean(jnp.square(x32 - mean), axes)
+    if axis_name is not None:
+        var = jax.lax.pmean(var, axis_name)
+    return mean, var
+
+
+def _normalize(x32, mean, var, scale, bias, epsilon):
+    return (x32 - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + bias
 
 
 def _batch_norm_forward(x, scale, bias, epsilon, dtype):
-    axes = tuple(range(x.ndim - 1))
-    x32 = x.astype(jnp.float32)
-    mean = jnp.mean(x32, axes)
-    # Two-pass variance: E[(x - mean)^2] does not cancel like E[x^2] - mean^2.
-    var = jnp.mean(jnp.square(x32 - mean), axes)
-    y = (x32 - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + bias
+    mean, var = _batch_statistics(x.astype(jnp.float32))
+    y = _normalize(x.astype(jnp.float32), mean, var, scale, bias, epsilon)
     return (y.astype(dtype), mean, var), (x, scale, mean, var)
 
 
