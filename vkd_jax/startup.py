@@ -24,12 +24,12 @@ start (docs/benchmarks.md, "Start-up time") and needs only the shapes of its arg
 Given them (``example_args``), :func:`prepare` compiles the step in a thread from the
 state's abstract shapes while the caller's thread initializes (or restores) the state
 and starts the input pipeline; the step's first call waits for it. XLA compiles
-outside Python's lock, so on a CPU with two or more cores the two overlap.
-The program is the one the
-first call would have compiled (same function, shapes, shardings and convolution mode):
-JAX's cache hands it to that call. JAX's thread-local settings (``jax.log_compiles()``
-or ``jax.default_matmul_precision()`` used as contexts) stay with the caller's thread:
-under one, the first call compiles its own program, correct but not sooner.
+outside Python's lock, so on a CPU with two or more cores the two overlap. The
+program is the one the first call would have compiled (same function, shapes,
+shardings and convolution mode): JAX's cache hands it to that call. JAX's
+thread-local settings (``jax.log_compiles()`` or ``jax.default_matmul_precision()``
+used as contexts) stay with the caller's thread: under one, the first call compiles
+its own program, correct but not sooner.
 
 Teachers restored from model directories are never initialized:
 :func:`vkd_jax.checkpoint.load_model` takes their shapes from ``jax.eval_shape``,
