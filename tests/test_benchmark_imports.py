@@ -87,3 +87,42 @@ def test_profile_step_lists_the_backward_ops(tmp_path):
     assert len(rows) >= 3, out.stdout  # Op kinds with their time, largest first.
     times = [float(r.split("|")[2]) for r in rows]
     assert times == sorted(times, reverse=True) and times[0] > 0
+
+
+def test_benchmark_teachers_are_drawn_on_the_host_and_stay_finite():
+    """The benchmark's random teachers cost no compile (the trainer restores its teachers
+    without one) and keep each teacher family's forward finite."""
+    import importlib.util
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from vkd_jax import models
+
+    spec = importlib.util.spec_from_file_location(
+        "bench", os.path.join(ROOT, "tools", "benchmark.py")
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    video = jnp.ones((2, 4, 16, 16, 3), jnp.float32)
+    compiles = []
+    listener = lambda event, duration, **kw: compiles.append(event)
+    leaves = jax.tree_util.tree_leaves
+    for name, variant in (("x3d", "mini_m"), ("vit", "mini"), ("mvit", "tiny")):
+        model = models.get_model(name, variant=variant, num_classes=5, input_size=(4, 16, 16))
+        init = lambda r, m=model: m.init(r, video, train=False)
+        abstract = jax.eval_shape(init, jax.random.key(0))
+        compiles.clear()
+        jax.monitoring.register_event_duration_secs_listener(listener)
+        try:
+            values = bench.host_random(abstract, seed=0)
+        finally:
+            jax.monitoring.unregister_event_duration_listener(listener)
+        assert not [e for e in compiles if "backend_compile" in e], (name, compiles)
+        assert jax.tree_util.tree_structure(values) == jax.tree_util.tree_structure(abstract)
+        for got, want in zip(leaves(values), leaves(abstract)):
+            assert isinstance(got, np.ndarray), name
+            assert (got.shape, got.dtype) == (want.shape, want.dtype), name
+        logits, _ = jax.jit(lambda v, x, m=model: m.apply(v, x, train=False))(values, video)
+        assert np.isfinite(np.asarray(logits)).all() and np.abs(np.asarray(logits)).max() > 0, name

@@ -21,8 +21,9 @@ without ``--forward`` it adds the PyTorch distillation step of ``tools/torch_ste
 Nothing here imports TensorFlow: GPU machines need only JAX, Flax, Optax, NumPy,
 ml-collections (and PyTorch for ``--torch``).
 
-Builds the config's student, teachers (random weights: speed does not depend on
-them) and objective, jits the same train step the trainer uses (state donated,
+Builds the config's student, teachers (random weights drawn on the host, as the
+trainer restores its teachers without compiling; speed does not depend on them) and
+objective, jits the same train step the trainer uses (state donated,
 teachers a separate argument, batch sharded over all devices), and times it:
 median over ``--steps`` steps after ``--warmup`` steps, with the host blocked
 on each step's result. Memory is the device's peak where the runtime reports
@@ -39,6 +40,7 @@ import argparse  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
+from typing import Any  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -186,6 +188,28 @@ def torch_forward_ms(spec, config, batch: int, steps: int, warmup: int) -> float
     return 1000 * float(np.median(_timed(run, steps, warmup)))
 
 
+def host_random(abstract: Any, seed: int) -> Any:
+    """Host (NumPy) arrays of ``abstract``'s shapes for a model whose values only need
+    to keep its forward finite: every array of two or more dimensions ``N(0, 2 /
+    fan_in)`` (He et al.'s scale, fan-in = all but the last axis), one-dimensional
+    scales and variances ones, the rest zeros. A stand-in for restored weights, whose
+    values do not change the step's cost, at no compile."""
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, x):
+        name = jax.tree_util.keystr(path).lower()
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            return np.zeros(x.shape, x.dtype)
+        if len(x.shape) >= 2:
+            std = np.sqrt(2.0 / max(1, int(np.prod(x.shape[:-1]))))
+            return (std * rng.standard_normal(x.shape)).astype(x.dtype)
+        if "scale" in name or "var" in name:
+            return np.ones(x.shape, x.dtype)
+        return np.zeros(x.shape, x.dtype)
+
+    return jax.tree_util.tree_map_with_path(leaf, abstract)
+
+
 def bench(
     config, *, batch: int, steps: int, warmup: int, distill: bool, convolutions: str = "auto"
 ) -> dict:
@@ -242,12 +266,11 @@ def bench(
             mesh=mesh,
             example_args=(t_specs, sharding.batch_spec(batch, (t, s, s), mesh)),
         )
-    # Random teachers (the trainer restores them from model directories instead; what
-    # jit compiles of an init is its initializers, the forward pass dropped as unused).
-    teacher_vars = {
-        n: startup.jit_init(init_teacher(m), out_shardings=repl)(jax.random.key(i))
-        for i, (n, m) in enumerate(teachers.items())
-    }
+    # Random teachers, drawn on the host: the trainer restores its teachers from model
+    # directories and compiles nothing for them, so neither does this.
+    teacher_vars = jax.device_put(
+        {n: host_random(t_abstract[n], seed=i) for i, n in enumerate(teachers)}, repl
+    )
     state, step = prepared.state, prepared.step
     jax.block_until_ready((state, teacher_vars))
     init_s = time.perf_counter() - t_init
