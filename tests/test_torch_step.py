@@ -6,6 +6,7 @@ import os
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -51,6 +52,29 @@ def test_sdd_equals_vkd_jax(torch, ref):
     cf = lambda x: _t(torch, x).permute(0, 4, 1, 2, 3)  # channels first, as PyTorch models
     got = ref.sdd(_t(torch, pred), cf(f_vit), cf(f_cnn), grid=(2, 2, 2), dim=16, seed=3)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_residual_sdd_equals_vkd_jax(torch, ref):
+    """The residual target (eq. S1) with a map of the fitted map's shapes."""
+    k = jax.random.split(jax.random.key(2), 6)
+    f_vit = jax.random.normal(k[0], (3, 4, 7, 7, 24))
+    f_cnn = jax.random.normal(k[1], (3, 8, 5, 5, 12))
+    pred = jax.random.normal(k[2], (3, 2, 2, 2, 16))
+    rmap = {
+        "weight": jax.random.normal(k[3], (12, 24)),
+        "bias": jax.random.normal(k[4], (24,)),
+        "basis": jnp.linalg.qr(jax.random.normal(k[5], (24, 16)))[0],
+    }
+    want = losses.sdd_loss(pred, f_vit, f_cnn, grid=(2, 2, 2), dim=16, residual_map=rmap)
+    cf = lambda x: _t(torch, x).permute(0, 4, 1, 2, 3)  # channels first, as PyTorch models
+    got = ref.sdd(
+        _t(torch, pred), cf(f_vit), cf(f_cnn), grid=(2, 2, 2), dim=16,
+        residual_map={n: _t(torch, v) for n, v in rmap.items()},
+    )  # fmt: skip
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
+    # Not the random-projection target: the two forms differ on the same features.
+    other = ref.sdd(_t(torch, pred), cf(f_vit), cf(f_cnn), grid=(2, 2, 2), dim=16)
+    assert np.abs(other.numpy() - np.asarray(want)).max() > 1e-2
 
 
 def test_rkd_equals_vkd_jax(torch, ref):

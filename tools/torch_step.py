@@ -2,7 +2,8 @@
 
 The same objective as ``vkd_jax.losses.objective.total_loss`` with the config's loss
 settings: cross-entropy + DATW KD (docs/design.md eqs. D1-D5) + SDD (the ViT-minus-CNN
-residual on a common grid through the same fixed projections, predicted by a
+residual on a common grid, eq. S1, or the earlier random projections, eq. S1', as
+``loss.sdd.target`` says; predicted by a
 1x1x1 conv + non-local + squeeze-excite branch on the student's last stage) + RKD
 distance and angle (Park et al. 2019) on the pre-logit embeddings. The loss
 functions are tested against vkd_jax's (tests/test_torch_step.py); the models are
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from vkd_jax.losses.sdd import fixed_projection
+from vkd_jax.losses.sdd import fixed_projection, residual_width
 
 
 def _torch():
@@ -69,18 +70,32 @@ def _pool(x, grid: Sequence[int]):
     return _torch().nn.functional.adaptive_avg_pool3d(x.float(), tuple(grid)).permute(0, 2, 3, 4, 1)
 
 
-def _phi(x, grid, dim, seed, salt):
+def _pooled(x, grid):
+    """``N(P(f))``: pooled to ``grid``, then zero mean and unit variance per position."""
     x = _pool(x, grid)
-    x = (x - x.mean(-1, keepdim=True)) * (x.var(-1, unbiased=False, keepdim=True) + 1e-5).rsqrt()
+    return (x - x.mean(-1, keepdim=True)) * (x.var(-1, unbiased=False, keepdim=True) + 1e-5).rsqrt()
+
+
+def _phi(x, grid, dim, seed, salt):
+    x = _pooled(x, grid)
     q = np.array(fixed_projection(x.shape[-1], dim, seed, salt))  # A writable copy.
     q = _torch().as_tensor(q, device=x.device)
     return x @ q
 
 
-def sdd(predicted, f_vit, f_cnn, *, grid, dim: int, seed: int = 0):
-    """Per-example SDD MSE, ``(B,)``; features channels-first ``(B, C, T, H, W)``."""
+def sdd(predicted, f_vit, f_cnn, *, grid, dim: int, seed: int = 0, residual_map=None):
+    """Per-example SDD MSE, ``(B,)``; features channels-first ``(B, C, T, H, W)``.
+
+    ``residual_map`` (``weight``, ``bias``, ``basis`` tensors): the residual target
+    ``(N(P(f_vit)) - N(P(f_cnn)) A - b) U`` (docs/design.md eq. S1); ``None``: the
+    random-projection target (eq. S1')."""
     with _torch().no_grad():
-        target = _phi(f_vit, grid, dim, seed, 0) - _phi(f_cnn, grid, dim, seed, 1)
+        if residual_map is None:
+            target = _phi(f_vit, grid, dim, seed, 0) - _phi(f_cnn, grid, dim, seed, 1)
+        else:
+            y, x = _pooled(f_vit, grid), _pooled(f_cnn, grid)
+            a, b, u = (residual_map[k] for k in ("weight", "bias", "basis"))
+            target = (y - x @ a - b) @ u
     return ((predicted.float() - target) ** 2).flatten(1).mean(1)
 
 
@@ -115,8 +130,9 @@ def rkd_angle(s, t):
     return _smooth_l1(_angles(s) - ta).mean()
 
 
-def total_loss(loss_cfg, labels, s_logits, s_emb, sdd_pred, teachers: dict):
-    """``teachers``: name -> (logits, last-stage feature ``(B, C, T, H, W)``, embedding)."""
+def total_loss(loss_cfg, labels, s_logits, s_emb, sdd_pred, teachers: dict, residual_map=None):
+    """``teachers``: name -> (logits, last-stage feature ``(B, C, T, H, W)``, embedding);
+    ``residual_map``: SDD's residual map where ``loss.sdd.target == "residual"``."""
     torch = _torch()
     F = torch.nn.functional
     cfg = loss_cfg
@@ -136,7 +152,13 @@ def total_loss(loss_cfg, labels, s_logits, s_emb, sdd_pred, teachers: dict):
     if cfg.sdd_weight:
         f_vit, f_cnn = teachers[cfg.sdd.vit_teacher][1], teachers[cfg.sdd.cnn_teacher][1]
         value = sdd(
-            sdd_pred, f_vit, f_cnn, grid=cfg.sdd.grid, dim=cfg.sdd.dim, seed=cfg.sdd.projection_seed
+            sdd_pred,
+            f_vit,
+            f_cnn,
+            grid=cfg.sdd.grid,
+            dim=cfg.sdd.dim,
+            seed=cfg.sdd.projection_seed,
+            residual_map=residual_map,
         )
         loss = loss + cfg.sdd_weight * value.mean()
     t_emb = teachers[cfg.rkd.teacher][2]
@@ -260,15 +282,32 @@ def bench(config: Any, *, batch: int, steps: int, warmup: int, num_classes: int 
             else _x3d(spec.variant, t, s, num_classes)[:2]
         )
         teachers[name] = (net.to(device).eval().requires_grad_(False), feat)
-    branch = _branch(torch, s_width, cfg.sdd.dim, cfg.sdd.grid)
+    video = torch.randn(batch, 3, t, s, s, device=device)
+    labels = torch.randint(0, num_classes, (batch,), device=device)
+    residual_map, dim = None, cfg.sdd.dim
+    if cfg.sdd_weight and cfg.sdd.get("target", "random_projections") == "residual":
+        # As tools/benchmark.py's JAX step: a zero map and the leading basis vectors, of
+        # the fitted map's shapes (its values do not change the cost).
+        channels = {}
+        with torch.no_grad():
+            for name in (cfg.sdd.cnn_teacher, cfg.sdd.vit_teacher):
+                net, feat = teachers[name]
+                net(video[:1])
+                channels[name] = feat()[0].shape[1]
+        c_cnn, c_vit = channels[cfg.sdd.cnn_teacher], channels[cfg.sdd.vit_teacher]
+        dim = residual_width(c_vit, cfg.sdd.dim)
+        residual_map = {
+            "weight": torch.zeros(c_cnn, c_vit, device=device),
+            "bias": torch.zeros(c_vit, device=device),
+            "basis": torch.eye(c_vit, dim, device=device),
+        }
+    branch = _branch(torch, s_width, dim, cfg.sdd.grid)
     student, branch = student.to(device).train(), branch.to(device).train()
     params = [*student.parameters(), *branch.parameters()]
     opt = torch.optim.AdamW(
         params, lr=config.optim.learning_rate, weight_decay=config.optim.weight_decay
     )
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=config.dtype == "bfloat16")
-    video = torch.randn(batch, 3, t, s, s, device=device)
-    labels = torch.randint(0, num_classes, (batch,), device=device)
 
     def step():
         with autocast:
@@ -280,7 +319,7 @@ def bench(config: Any, *, batch: int, steps: int, warmup: int, num_classes: int 
                     outs[name] = (logits.float(), f, e)
             logits = student(video)
             f, e = s_feat()
-            loss = total_loss(cfg, labels, logits, e, branch(f), outs)
+            loss = total_loss(cfg, labels, logits, e, branch(f), outs, residual_map)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip_norm or float("inf"))
