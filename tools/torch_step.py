@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from vkd_jax.losses.sdd import fixed_projection, residual_width
+from vkd_jax import residual_fit
+from vkd_jax.losses.objective import sdd_uses_residual_map
+from vkd_jax.losses.sdd import fixed_projection
 
 
 def _torch():
@@ -285,22 +287,17 @@ def bench(config: Any, *, batch: int, steps: int, warmup: int, num_classes: int 
     video = torch.randn(batch, 3, t, s, s, device=device)
     labels = torch.randint(0, num_classes, (batch,), device=device)
     residual_map, dim = None, cfg.sdd.dim
-    if cfg.sdd_weight and cfg.sdd.get("target", "random_projections") == "residual":
-        # As tools/benchmark.py's JAX step: a zero map and the leading basis vectors, of
-        # the fitted map's shapes (its values do not change the cost).
-        channels = {}
+    if sdd_uses_residual_map(cfg):
+        # As tools/benchmark.py's JAX step: a map of the fitted map's shapes.
+        channels = []
         with torch.no_grad():
             for name in (cfg.sdd.cnn_teacher, cfg.sdd.vit_teacher):
                 net, feat = teachers[name]
                 net(video[:1])
-                channels[name] = feat()[0].shape[1]
-        c_cnn, c_vit = channels[cfg.sdd.cnn_teacher], channels[cfg.sdd.vit_teacher]
-        dim = residual_width(c_vit, cfg.sdd.dim)
-        residual_map = {
-            "weight": torch.zeros(c_cnn, c_vit, device=device),
-            "bias": torch.zeros(c_vit, device=device),
-            "basis": torch.eye(c_vit, dim, device=device),
-        }
+                channels.append(feat()[0].shape[1])
+        placeholder = residual_fit.placeholder_map(*channels, cfg.sdd.dim)
+        residual_map = {k: torch.as_tensor(v, device=device) for k, v in placeholder.items()}
+        dim = residual_map["basis"].shape[1]
     branch = _branch(torch, s_width, dim, cfg.sdd.grid)
     student, branch = student.to(device).train(), branch.to(device).train()
     params = [*student.parameters(), *branch.parameters()]

@@ -130,12 +130,15 @@ def shape_constants(loss_cfg, teachers, teacher_vars, video) -> dict[str, Any]:
     if not objective.sdd_uses_residual_map(loss_cfg):
         return {}
     x, y = jax.eval_shape(teacher_position_features(teachers, teacher_vars, loss_cfg), video)
-    c_cnn, c_vit = x.shape[-1], y.shape[-1]
-    width = sdd.residual_width(c_vit, int(loss_cfg.sdd.dim))
+    return {objective.SDD_RESIDUAL_MAP: placeholder_map(x.shape[-1], y.shape[-1], loss_cfg.sdd.dim)}
+
+
+def placeholder_map(cnn_channels: int, vit_channels: int, dim: int) -> dict[str, np.ndarray]:
+    """A residual map of the fitted map's shapes: zero ``A`` and ``b``, the leading basis
+    vectors as ``U`` (cost measurements only: the step's compute does not depend on it)."""
+    width = sdd.residual_width(vit_channels, int(dim))
     return {
-        objective.SDD_RESIDUAL_MAP: {
-            "weight": np.zeros((c_cnn, c_vit), np.float32),
-            "bias": np.zeros((c_vit,), np.float32),
-            "basis": np.eye(c_vit, width, dtype=np.float32),
-        }
+        "weight": np.zeros((cnn_channels, vit_channels), np.float32),
+        "bias": np.zeros((vit_channels,), np.float32),
+        "basis": np.eye(vit_channels, width, dtype=np.float32),
     }
