@@ -110,7 +110,10 @@ def _distances(e):
     e = e.float().flatten(1)
     d = _torch().cdist(e, e)
     n = len(d)
-    return d / (d.sum() / (n * (n - 1))).clamp_min(1e-12)
+    # As vkd_jax's rkd: one clip has no pairs (n(n-1) = 0) and equal embeddings have no
+    # scale; both give distances of 0 rather than 0/0.
+    mu = d.sum() / max(n * (n - 1), 1)
+    return d / _torch().where(mu > 0, mu, _torch().ones_like(mu))
 
 
 def rkd_distance(s, t):
