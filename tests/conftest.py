@@ -10,6 +10,39 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
+# One persistent XLA compilation cache for the whole test session: the pytest-xdist
+# workers and the CLI runs they start (which read VKD_COMPILATION_CACHE, see
+# vkd_jax.main.enable_compilation_cache) compile the same tiny steps, evaluations and
+# initializations many times over; a cache hit skips XLA's backend compile and changes
+# no number. The controller makes the folder before the workers start (they inherit
+# its environment) and removes it at the end; the user's own cache is never touched.
+# Hits still pass through JAX's "Finished XLA compilation" log and backend_compile
+# event, so the tests that count compiles count the same.
+_MIN_COMPILE_SECONDS = 0.2  # Eager single-op programs below this are not worth a file.
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput") and "VKD_COMPILATION_CACHE" not in os.environ:
+        import tempfile
+
+        path = tempfile.mkdtemp(prefix="vkd_jax_test_xla_cache_")
+        os.environ["VKD_COMPILATION_CACHE"] = path
+        config._vkd_owned_cache = path
+    path = os.environ.get("VKD_COMPILATION_CACHE")
+    if path:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", _MIN_COMPILE_SECONDS)
+
+
+def pytest_unconfigure(config):
+    path = getattr(config, "_vkd_owned_cache", None)
+    if path:
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+
 
 def tiny_config(data_dir: str):
     """The default config shrunk to seconds: tiny data, tiny models, a few steps."""
@@ -44,6 +77,19 @@ def tiny_config(data_dir: str):
     c.cka.num_examples = 32
     c.cka.batch_size = 16
     return c
+
+
+def init_variables(model, seed: int, video, **kwargs):
+    """``model.init(jax.random.key(seed), video, train=False, **kwargs)``, jitted
+    (``startup.jit_init``): an eager init compiles one small program per initializer,
+    tens of seconds for a tiny MViT on a 2-core CPU. For tests whose values only need
+    to be some model's."""
+    import jax
+
+    from vkd_jax import startup
+
+    init = startup.jit_init(lambda r, x: model.init(r, x, train=False, **kwargs))
+    return init(jax.random.key(seed), video)
 
 
 @pytest.fixture(scope="session")

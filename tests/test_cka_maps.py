@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import init_variables, tiny_config
 from test_cka import np_gram_linear, np_hsic1
 
 from vkd_jax import checkpoint, cka, cka_maps, sharding
@@ -32,7 +32,7 @@ def workdir(tiny_data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("experiment")
     for seed, (stage, (name, variant)) in enumerate(MODELS.items()):
         model = get_model(name, variant=variant, num_classes=info.num_classes, input_size=(t, s, s))
-        variables = model.init(jax.random.key(seed), np.zeros((1, t, s, s, 3)), train=False)
+        variables = init_variables(model, seed, np.zeros((1, t, s, s, 3)))
         metadata = {"name": name, "variant": variant, "num_classes": info.num_classes}
         metadata.update(num_frames=t, crop_size=s)
         checkpoint.save_model(str(root / stage / "model"), variables, metadata)

@@ -3,11 +3,10 @@
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import init_variables, tiny_config
 
 from tools import diagnose_teachers as dt
 from vkd_jax import checkpoint, models, stages
@@ -56,7 +55,7 @@ def _save(path, config, which, num_classes, seed):
     t, s = config.data.num_frames, config.data.crop_size
     model = models.get_model(spec.name, variant=spec.variant, num_classes=num_classes,
                              input_size=(t, s, s))  # fmt: skip
-    variables = model.init(jax.random.key(seed), jnp.zeros((1, t, s, s, 3)), train=False)
+    variables = init_variables(model, seed, jnp.zeros((1, t, s, s, 3)))
     meta = stages.model_metadata(config, spec, num_classes)
     checkpoint.save_model(str(path), variables, meta)
     return str(path)

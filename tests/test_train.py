@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import init_variables, tiny_config
 
 from vkd_jax import (
     checkpoint,
@@ -110,7 +110,7 @@ def test_missing_teacher_checkpoint_fails_before_compute(tiny_data_dir, tmp_path
 def test_teacher_with_wrong_class_count_is_rejected(tiny_data_dir, tmp_path):
     config = tiny_config(tiny_data_dir)
     model = models.get_model("x3d", variant="tiny", num_classes=7)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 4, 16, 16, 3)), train=False)
+    variables = init_variables(model, 0, jnp.zeros((1, 4, 16, 16, 3)))
     path = str(tmp_path / "teacher")
     checkpoint.save_model(path, variables, {"name": "x3d", "variant": "tiny", "num_classes": 7})
     config.teachers.cnn.checkpoint = path
@@ -178,10 +178,7 @@ def test_sharded_step_equals_single_device_step():
     }
     video = jax.random.normal(jax.random.key(1), (8, 4, 16, 16, 3))
     batch = {"video": video, "label": jnp.arange(8) % 5}
-    teacher_vars = {
-        n: m.init(jax.random.key(i), video[:1], train=False)
-        for i, (n, m) in enumerate(teachers.items())
-    }
+    teacher_vars = {n: init_variables(m, i, video[:1]) for i, (n, m) in enumerate(teachers.items())}
     heads = objective.DistillationHeads(loss_cfg=loss_cfg, dtype=jnp.float32)
     tx, schedule = train_step.make_optimizer(cfg.optim, 10)
     state = train_step.init_state(rng=jax.random.key(0), student=student, heads=heads,
@@ -247,7 +244,7 @@ def test_fine_tuning_from_a_checkpoint_with_another_class_count(tiny_data_dir, t
     config = tiny_config(tiny_data_dir)
     variant = config.student.variant
     model = models.get_model("x3d", variant=variant, num_classes=7)
-    variables = model.init(jax.random.key(5), jnp.zeros((1, 4, 16, 16, 3)), train=False)
+    variables = init_variables(model, 5, jnp.zeros((1, 4, 16, 16, 3)))
     path = str(tmp_path / "pretrained")
     checkpoint.save_model(path, variables, {"name": "x3d", "variant": variant, "num_classes": 7})
     loss = stages.supervised_loss(config.loss)
