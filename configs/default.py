@@ -139,8 +139,8 @@ def get_config() -> ml_collections.ConfigDict:
     # datw (adaptive per sample) | uniform (ablation baseline) | the controls and peers of
     # docs/design.md: fixed (teacher_weights) | oracle (per clip, the teachers that are
     # right; uses labels, an upper bound) | ca_mkd (Zhang et al., ICASSP 2022) | ebkd.
-    # Uniform, not DATW: DATW is not shown to help at this scale, -1.3 points [-4.2, +1.7]
-    # against uniform weights over 10 paired seeds (docs/science.md); paper_objective
+    # Uniform, not DATW: DATW is not shown to help at this scale, +0.7 points [-0.6, +2.1]
+    # against uniform weights over 16 paired seeds (docs/science.md); paper_objective
     # sets datw.
     lo.teacher_weighting = "uniform"
     lo.teacher_weights = ()  # teacher_weighting=fixed: one weight per kd_teacher (normalized).
@@ -164,8 +164,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Where any teacher weighting acts: mix (one target from sum_k w_k z_k) | per_teacher
     # (sum_k w_k KD(s, z_k), CA-MKD's place).
     lo.datw.place = "mix"
-    # Structure discrepancy distillation (the ViT - CNN residual). 0 (off) here: -0.6
-    # points [-2.3, +1.1] on top of DATW over 10 seeds, not shown to help, for a branch
+    # Structure discrepancy distillation (the ViT - CNN residual). 0 (off) here: -0.5
+    # points [-1.8, +0.8] on top of DATW over 28 seeds, not shown to help, for a branch
     # and a ridge fit (docs/science.md); paper_objective sets 1.
     lo.sdd_weight = 0.0
     lo.sdd = ml_collections.ConfigDict()
@@ -189,8 +189,8 @@ def get_config() -> ml_collections.ConfigDict:
     lo.sdd.projection_seed = 0  # Seed of the fixed (non-trainable) random projections.
     lo.sdd.loss_type = "mse"  # mse | smooth_l1 | cosine.
     lo.sdd.adapter_weight = 0.0  # Extra feature KD: student adapter matches phi_cnn(f_cnn).
-    # RKD distance and angle losses (Park et al. 2019). Off here: +0.8 points [-1.4, +3.0]
-    # over 10 seeds, not shown to help (docs/science.md); paper_objective sets 1, 2.
+    # RKD distance and angle losses (Park et al. 2019). Off here: +0.3 points [-1.2, +1.8]
+    # over 16 seeds, not shown to help (docs/science.md); paper_objective sets 1, 2.
     lo.rkd_distance_weight = 0.0
     lo.rkd_angle_weight = 0.0
     lo.rkd = ml_collections.ConfigDict()
