@@ -10,12 +10,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import init_variables
 
 from vkd_jax import checkpoint, config_lib, models, residual_fit, sharding, startup, train_step
 from vkd_jax.losses import objective
 from vkd_jax.models import vit
 
 CLIP = (4, 16, 16)
+# XLA's default CPU options (backend level 3): the reference these tests compare with.
+# tests/conftest.py lowers the level for the rest of the suite; an explicit option wins.
+DEFAULT = {"xla_backend_optimization_level": 3}
 
 
 def _assert_identical(a, b):
@@ -37,7 +41,7 @@ def test_jit_init_gives_the_default_compilers_values_bit_for_bit(name, variant):
     init = lambda r: model.init(r, video, train=False)
     assert startup.init_compiler_options("cpu") == {"xla_backend_optimization_level": 1}
     key = jax.random.key(7)
-    _assert_identical(startup.jit_init(init)(key), jax.jit(init)(key))
+    _assert_identical(startup.jit_init(init)(key), jax.jit(init, compiler_options=DEFAULT)(key))
 
 
 def _distill_setup(teacher_vars_for_init):
@@ -62,8 +66,7 @@ def test_prepared_state_equals_the_previous_init_with_teachers_run():
     former initialization (teachers run on the sample, default compiler) bit for bit."""
     student, teachers, heads, tx, schedule, loss_cfg, video = _distill_setup(None)
     teacher_vars = {
-        n: m.init(jax.random.key(i), video[:1], train=False)
-        for i, (n, m) in enumerate(teachers.items())
+        n: init_variables(m, i, video[:1]) for i, (n, m) in enumerate(teachers.items())
     }
     before = jax.jit(
         lambda r, tv: train_step.init_state(
@@ -74,7 +77,8 @@ def test_prepared_state_equals_the_previous_init_with_teachers_run():
             teacher_vars=tv,
             tx=tx,
             video=video,
-        )  # fmt: skip
+        ),  # fmt: skip
+        compiler_options=DEFAULT,
     )(jax.random.key(3), teacher_vars)
     t_abstract = startup.abstract_tree(teacher_vars)
     prepared = startup.prepare(
@@ -118,7 +122,7 @@ def test_a_teacher_restored_from_a_model_directory_is_never_initialized(tmp_path
     cfg = config_lib.default_config()
     saved = {}
     for i, (n, m) in enumerate(teachers.items()):
-        saved[n] = m.init(jax.random.key(10 + i), video[:1], train=False)
+        saved[n] = init_variables(m, 10 + i, video[:1])
         name, variant = ("x3d", "tiny_m") if n == "cnn" else ("vit", "tiny")
         meta = {"name": name, "variant": variant, "num_classes": 5, "num_frames": CLIP[0],
                 "crop_size": CLIP[1]}  # fmt: skip
@@ -175,8 +179,7 @@ def test_step_compiled_in_the_background_is_the_one_the_first_call_runs(caplog):
 
     student, teachers, heads, tx, schedule, loss_cfg, video = _distill_setup(None)
     teacher_vars = {
-        n: m.init(jax.random.key(i), video[:1], train=False)
-        for i, (n, m) in enumerate(teachers.items())
+        n: init_variables(m, i, video[:1]) for i, (n, m) in enumerate(teachers.items())
     }
     mesh = sharding.make_mesh(1)
     teacher_vars = jax.device_put(teacher_vars, sharding.replicated(mesh))

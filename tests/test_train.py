@@ -24,6 +24,7 @@ from vkd_jax import (
     residual_fit,
     sharding,
     stages,
+    startup,
     train,
     train_step,
 )
@@ -181,9 +182,13 @@ def test_sharded_step_equals_single_device_step():
     teacher_vars = {n: init_variables(m, i, video[:1]) for i, (n, m) in enumerate(teachers.items())}
     heads = objective.DistillationHeads(loss_cfg=loss_cfg, dtype=jnp.float32)
     tx, schedule = train_step.make_optimizer(cfg.optim, 10)
-    state = train_step.init_state(rng=jax.random.key(0), student=student, heads=heads,
-                                  teachers=teachers, teacher_vars=teacher_vars, tx=tx,
-                                  video=video[:2])  # fmt: skip
+    # Jitted (an eager init compiles a program per initializer): the values only need to
+    # be some state's.
+    state = startup.jit_init(
+        lambda r, tv: train_step.init_state(rng=r, student=student, heads=heads,
+                                            teachers=teachers, teacher_vars=tv, tx=tx,
+                                            video=video[:2])  # fmt: skip
+    )(jax.random.key(0), teacher_vars)
     constants = residual_fit.shape_constants(loss_cfg, teachers, teacher_vars, video[:2])
     step = train_step.make_train_step(student=student, heads=heads, teachers=teachers,
                                       loss_cfg=loss_cfg, tx=tx, schedule=schedule,
@@ -214,15 +219,12 @@ def test_gradient_accumulation_matches_full_batch_for_sgd():
     tx, schedule = train_step.make_optimizer(cfg.optim, 10)
     video = jax.random.normal(jax.random.key(1), (4, 4, 16, 16, 3))
     batch = {"video": video, "label": jnp.arange(4) % 5}
-    state = train_step.init_state(
-        rng=jax.random.key(0),
-        student=student,
-        heads=heads,
-        teachers={},
-        teacher_vars={},
-        tx=tx,
-        video=video[:2],
-    )
+    state = startup.jit_init(
+        lambda r: train_step.init_state(
+            rng=r, student=student, heads=heads, teachers={}, teacher_vars={}, tx=tx,
+            video=video[:2],
+        )  # fmt: skip
+    )(jax.random.key(0))
     results = []
     for accum in (1, 2):
         step = train_step.make_train_step(
@@ -356,9 +358,7 @@ def test_train_loop_evaluates_every_eval_every_steps(tmp_path):
     assert evaluated == []
 
 
-def test_ablation_pairs_seeds_reuses_a_screened_stage_and_sets_row_only_weights(
-    tiny_data_dir, tmp_path
-):
+def test_ablation_pairs_seeds_and_reuses_a_screened_stage(tiny_data_dir, tmp_path):
     from tools import screen
 
     config = tiny_config(tiny_data_dir)
@@ -370,26 +370,39 @@ def test_ablation_pairs_seeds_reuses_a_screened_stage_and_sets_row_only_weights(
     config.data.eval_split = "test"
     config.mode = "ablation"
     config.ablation = ml_collections.ConfigDict(
-        dict(seeds=(0, 1), variants=("scratch", "fixed", "ebkd", "datw"),
+        dict(seeds=(0, 1), variants=("scratch", "fixed"),
              reuse_from=(str(tmp_path / "linked"),), fixed_weights=(0.7, 0.3),
              datw="confidence_temperature=1.0; discrepancy='js'")
     )  # fmt: skip
     results = experiment.run_ablation(config, str(tmp_path / "abl"))
     rows = tmp_path / "abl" / "ablation"
     assert os.path.islink(rows / "scratch_seed0") and not os.path.islink(rows / "scratch_seed1")
-    assert all(len(results["ablation"][v]) == 2 for v in ("scratch", "fixed", "ebkd", "datw"))
-
-    def recorded(stage):
-        return json.loads((rows / stage / "config.json").read_text())["settings"]
-
-    # The fixed row's weights and EBKD's temperature are set on their rows only.
-    assert recorded("fixed_seed1")["loss.teacher_weights"] == [0.7, 0.3]
-    assert recorded("ebkd_seed1")["loss.teacher_weights"] == []
-    assert recorded("ebkd_seed1")["loss.datw.confidence_temperature"] == 1.0
-    # The DATW variant acts on the DATW rows only.
-    assert recorded("datw_seed0")["loss.datw.discrepancy"] == "js"
-    assert recorded("fixed_seed0")["loss.datw.discrepancy"] == "cosine"
+    assert all(len(results["ablation"][v]) == 2 for v in ("scratch", "fixed"))
+    # The row's own settings are the ones its stages trained with and recorded.
+    recorded = json.loads((rows / "fixed_seed1" / "config.json").read_text())["settings"]
+    assert recorded["loss.teacher_weights"] == [0.7, 0.3]
     assert (tmp_path / "abl" / "ablation.md").is_file()
+
+
+def test_ablation_rows_set_their_own_weights_and_the_datw_variant_on_datw_rows_only():
+    config = tiny_config("unused")
+    config.ablation = ml_collections.ConfigDict(dict(fixed_weights=(0.7, 0.3)))
+    datw_variant = experiment.parse_datw_variant(
+        "confidence_temperature=1.0; discrepancy='js'", config.loss.datw
+    )
+    row = {v: experiment.ablation_row_loss(config, v, datw_variant)
+           for v in ("scratch", "fixed", "ebkd", "datw", "uniform_dual")}  # fmt: skip
+    # The fixed row's weights and EBKD's temperature are set on their rows only.
+    assert tuple(row["fixed"].teacher_weights) == (0.7, 0.3)
+    assert tuple(row["ebkd"].teacher_weights) == ()
+    assert row["ebkd"].teacher_weighting == "ebkd"
+    assert row["ebkd"].datw.confidence_temperature == 1.0
+    # The DATW variant acts on the DATW rows only.
+    assert row["datw"].datw.discrepancy == "js"
+    assert row["fixed"].datw.discrepancy == "cosine"
+    assert row["uniform_dual"].datw.discrepancy == "cosine"
+    # Scratch trains on the labels alone.
+    assert row["scratch"].to_dict() == stages.supervised_loss(config.loss).to_dict()
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])

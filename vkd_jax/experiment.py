@@ -283,6 +283,26 @@ def parse_datw_variant(text: str, datw: ml_collections.ConfigDict) -> dict[str, 
     return out
 
 
+def ablation_row_loss(
+    config: ml_collections.ConfigDict, variant: str, datw_variant: dict[str, Any]
+) -> ml_collections.ConfigDict:
+    """The loss config of the ablation row ``variant`` (a key of ``ABLATIONS``).
+
+    ``datw_variant`` (from :func:`parse_datw_variant`) acts on the rows that weight by
+    DATW only, ``config.ablation.fixed_weights`` on the ``fixed`` row only: the other
+    rows keep their recorded settings and stay reusable from a screen.
+    """
+    if variant == "scratch":
+        return stages.supervised_loss(config.loss)
+    loss = ml_collections.ConfigDict(config.loss.to_dict())
+    loss.update(ABLATIONS[variant])
+    if loss.teacher_weighting == "datw":
+        loss.datw.update(datw_variant)
+    if variant == "fixed" and config.ablation.get("fixed_weights"):
+        loss.teacher_weights = tuple(config.ablation.fixed_weights)
+    return loss
+
+
 def run_ablation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """The ablation table over ``config.ablation.seeds``; returns (and writes) it."""
     pipeline.load_builder(config.data)
@@ -297,18 +317,7 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
         for seed in config.ablation.seeds:
             cfg = ml_collections.ConfigDict(student_config(config).to_dict())
             cfg.seed = int(seed)
-            if variant == "scratch":
-                loss = stages.supervised_loss(config.loss)
-            else:
-                loss = ml_collections.ConfigDict(config.loss.to_dict())
-                loss.update(ABLATIONS[variant])
-                if loss.teacher_weighting == "datw":
-                    # The DATW variant chosen on validation, on the DATW rows only.
-                    loss.datw.update(datw_variant)
-                if variant == "fixed" and config.ablation.get("fixed_weights"):
-                    # The fixed row's weights on that row only: the other rows keep
-                    # their recorded settings (and stay reusable from a screen).
-                    loss.teacher_weights = tuple(config.ablation.fixed_weights)
+            loss = ablation_row_loss(config, variant, datw_variant)
             needed = objective.required_teachers(ml_collections.FrozenConfigDict(loss))
             summary = train.run(
                 cfg,
