@@ -24,24 +24,26 @@ _MIN_COMPILE_SECONDS = 0.2  # Eager single-op programs below this are not worth 
 # Tests compile at LLVM's lowest optimization level on the CPU. Compiling, not running,
 # is most of the suite's time (tiny models, a few steps each), and level 0 compiles in
 # about two thirds of the default level's time (docs/benchmarks.md, "Test-suite
-# time"). What a program
-# computes does not depend on the level; its float rounding may (the tests compare
-# with tolerances, or two programs compiled alike). The tests that are about a level
-# name theirs in `compiler_options`, which overrides this flag; users' runs, the
-# benchmarks and CI's core-install check keep XLA's defaults.
+# time"). What a program computes does not depend on the level; its float rounding
+# may (the tests compare with tolerances, or two programs compiled alike). The tests
+# that are about a level name theirs in `compiler_options`, which overrides this flag;
+# users' runs, the benchmarks and CI's core-install check keep XLA's defaults.
 TEST_XLA_FLAG = "--xla_backend_optimization_level=0"
 
 
 def pytest_configure(config):
-    if not hasattr(config, "workerinput") and TEST_XLA_FLAG not in os.environ.get("XLA_FLAGS", ""):
-        # Before any backend starts; the xdist workers and CLI runs inherit it.
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAG}".strip()
-    if not hasattr(config, "workerinput") and "VKD_COMPILATION_CACHE" not in os.environ:
-        import tempfile
+    # The controller (or a run without xdist) sets the environment before any backend
+    # starts; the xdist workers and the CLI runs inherit it.
+    if not hasattr(config, "workerinput"):
+        flags = os.environ.get("XLA_FLAGS", "")
+        if TEST_XLA_FLAG not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} {TEST_XLA_FLAG}".strip()
+        if "VKD_COMPILATION_CACHE" not in os.environ:
+            import tempfile
 
-        path = tempfile.mkdtemp(prefix="vkd_jax_test_xla_cache_")
-        os.environ["VKD_COMPILATION_CACHE"] = path
-        config._vkd_owned_cache = path
+            path = tempfile.mkdtemp(prefix="vkd_jax_test_xla_cache_")
+            os.environ["VKD_COMPILATION_CACHE"] = path
+            config._vkd_owned_cache = path
     path = os.environ.get("VKD_COMPILATION_CACHE")
     if path:
         import jax
