@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TEST_XLA_FLAGS
 
 from vkd_jax import cka
 
@@ -316,7 +317,9 @@ _SHARDED = textwrap.dedent(
 
 def test_update_on_sharded_minibatch():
     env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count=4 {TEST_XLA_FLAGS}",
+        JAX_PLATFORMS="cpu",
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run(

@@ -11,13 +11,15 @@ import time
 
 import numpy as np
 import pytest
+from conftest import TEST_XLA_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _env():
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # One device per process: the test is about processes.
+    # One device per process (the test is about processes), at the tests' compiler level.
+    env["XLA_FLAGS"] = TEST_XLA_FLAGS
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env
 

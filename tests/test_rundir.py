@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+from conftest import TEST_XLA_FLAGS
 
 from vkd_jax import errors, rundir
 
@@ -113,7 +114,7 @@ def _two_processes(workdir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
-    env = {k: v for k, v in _env().items() if k != "XLA_FLAGS"}
+    env = dict(_env(), XLA_FLAGS=TEST_XLA_FLAGS)  # One device per process.
     procs = [
         subprocess.Popen([sys.executable, "-c", _MULTI, str(i), port, str(workdir)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

@@ -17,9 +17,10 @@ from vkd_jax.losses import objective
 from vkd_jax.models import vit
 
 CLIP = (4, 16, 16)
-# XLA's default CPU options (backend level 3): the reference these tests compare with.
-# tests/conftest.py lowers the level for the rest of the suite; an explicit option wins.
-DEFAULT = {"xla_backend_optimization_level": 3}
+# XLA's default CPU options (backend level 3, the MLIR fusion emitters): the reference
+# these tests compare with. tests/conftest.py sets cheaper ones for the rest of the
+# suite by flag; an explicit option wins.
+DEFAULT = {"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True}
 
 
 def _assert_identical(a, b):
@@ -41,7 +42,11 @@ def test_jit_init_gives_the_default_compilers_values_bit_for_bit(name, variant):
     init = lambda r: model.init(r, video, train=False)
     assert startup.init_compiler_options("cpu") == {"xla_backend_optimization_level": 1}
     key = jax.random.key(7)
-    _assert_identical(startup.jit_init(init)(key), jax.jit(init, compiler_options=DEFAULT)(key))
+    # jit_init's options over XLA's default emitters (what users get; the test flags
+    # change the emitters), against the default compiler.
+    users = {**DEFAULT, **startup.init_compiler_options("cpu")}
+    _assert_identical(jax.jit(init, compiler_options=users)(key),
+                      jax.jit(init, compiler_options=DEFAULT)(key))  # fmt: skip
 
 
 def _distill_setup(teacher_vars_for_init):
@@ -99,19 +104,20 @@ def test_prepared_state_equals_the_previous_init_with_teachers_run():
             constants=residual_fit.shape_constants(loss_cfg, teachers, teacher_vars, video),
             tx=tx,
             schedule=schedule,
-            rng=jax.random.key(4),
         ),  # fmt: skip
         rng=jax.random.key(3),
         mesh=sharding.make_mesh(1),
+        replicated_args=2,
     )
     assert not prepared.restored and prepared.start_step == 0 and prepared.manager is None
     assert set(prepared.state.params["heads"]) == {"sdd_branch"}
     _assert_identical(prepared.state, before)
-    # The jitted step takes the state and the teachers' variables as the trainer passes them.
+    # The jitted step takes the state, the dropout key and the teachers' variables as the
+    # trainer passes them.
     rng = np.random.default_rng(0)
     batch = {"video": jnp.asarray(rng.standard_normal((2, *CLIP, 3)), jnp.float32),
              "label": jnp.array([0, 1])}  # fmt: skip
-    state, metrics = prepared.step(prepared.state, teacher_vars, batch)
+    state, metrics = prepared.step(prepared.state, jax.random.key(4), teacher_vars, batch)
     assert bool(metrics["finite"]) and int(state.step) == 1
 
 
@@ -196,12 +202,14 @@ def test_step_compiled_in_the_background_is_the_one_the_first_call_runs(caplog):
                                                  teacher_vars=startup.abstract_tree(teacher_vars)),
             step=train_step.make_train_step(student=student, heads=heads, teachers=teachers,
                                             loss_cfg=loss_cfg, constants=constants, tx=tx,
-                                            schedule=schedule, rng=jax.random.key(4)),
-            rng=jax.random.key(3), mesh=mesh, **kwargs)  # fmt: skip
+                                            schedule=schedule),
+            rng=jax.random.key(3), mesh=mesh, replicated_args=2, **kwargs)  # fmt: skip
+
+    dropout_rng = sharding.replicated_key(jax.random.key(4), mesh)
 
     with convolutions.convolutions("cpu"):
         plain = prepare()
-        expected, _ = plain.step(plain.state, teacher_vars, batch)
+        expected, _ = plain.step(plain.state, dropout_rng, teacher_vars, batch)
     traced_modes = []
     real_apply = convolutions.conv3d_apply
 
@@ -209,7 +217,8 @@ def test_step_compiled_in_the_background_is_the_one_the_first_call_runs(caplog):
         traced_modes.append(convolutions.mode())
         return real_apply(*args, **kwargs)
 
-    example_args = (startup.abstract_tree(teacher_vars, keep_sharding=True),
+    example_args = (startup.abstract_tree(dropout_rng, keep_sharding=True),
+                    startup.abstract_tree(teacher_vars, keep_sharding=True),
                     sharding.batch_spec(2, CLIP, mesh))  # fmt: skip
     # The global flag: jax.log_compiles() as a context is the calling thread's only.
     jax.config.update("jax_log_compiles", True)
@@ -217,9 +226,9 @@ def test_step_compiled_in_the_background_is_the_one_the_first_call_runs(caplog):
         with caplog.at_level(logging.WARNING), mock.patch.object(convolutions, "conv3d_apply", spy):
             with convolutions.convolutions("cpu"):  # Not the thread's default ("auto").
                 prepared = prepare(example_args=example_args)
-            state, metrics = prepared.step(prepared.state, teacher_vars, batch)
+            state, metrics = prepared.step(prepared.state, dropout_rng, teacher_vars, batch)
             _assert_identical(state.params, expected.params)
-            state, metrics = prepared.step(state, teacher_vars, batch)
+            state, metrics = prepared.step(state, dropout_rng, teacher_vars, batch)
     finally:
         jax.config.update("jax_log_compiles", False)
     compiles = [r for r in caplog.records if "Finished XLA compilation of jit(step)" in r.message]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -192,15 +193,16 @@ def test_sharded_step_equals_single_device_step():
     constants = residual_fit.shape_constants(loss_cfg, teachers, teacher_vars, video[:2])
     step = train_step.make_train_step(student=student, heads=heads, teachers=teachers,
                                       loss_cfg=loss_cfg, tx=tx, schedule=schedule,
-                                      rng=jax.random.key(3), constants=constants)  # fmt: skip
+                                      constants=constants)  # fmt: skip
     outs = []
     for n in (1, 4):
         mesh = sharding.make_mesh(n)
         repl = sharding.replicated(mesh)
-        f = jax.jit(step, in_shardings=(repl, repl, sharding.data_sharding(mesh)),
+        f = jax.jit(step, in_shardings=(repl, repl, repl, sharding.data_sharding(mesh)),
                     out_shardings=(repl, repl))  # fmt: skip
         b = jax.device_put(batch, sharding.data_sharding(mesh))
-        outs.append(f(jax.device_put(state, repl), jax.device_put(teacher_vars, repl), b))
+        outs.append(f(jax.device_put(state, repl), jax.random.key(3),
+                      jax.device_put(teacher_vars, repl), b))  # fmt: skip
     (s1, m1), (s4, m4) = outs
     assert bool(m1["finite"]) and bool(m4["finite"])
     np.testing.assert_allclose(float(m1["loss"]), float(m4["loss"]), rtol=1e-5)
@@ -234,10 +236,9 @@ def test_gradient_accumulation_matches_full_batch_for_sgd():
             loss_cfg=loss_cfg,
             tx=tx,
             schedule=schedule,
-            rng=jax.random.key(3),
             accum_steps=accum,
         )
-        results.append(jax.jit(step)(state, {}, batch)[0])  # fmt: skip
+        results.append(jax.jit(step)(state, jax.random.key(3), {}, batch)[0])  # fmt: skip
     _leaves_close(results[0].params, results[1].params, rtol=1e-4, atol=1e-6)
 
 
@@ -430,7 +431,12 @@ def test_flat_optimizer_equals_optax(optimizer, clip):
                        "bias": jax.random.normal(keys[1], (5,))},
               "norm": {"scale": jnp.ones((7,))}}  # fmt: skip
 
-    @jax.jit
+    # XLA's default CPU compiler (tests/conftest.py sets cheaper flags): the claim is
+    # about the program users run; the older emitter rounds the moments further apart.
+    @functools.partial(
+        jax.jit,
+        compiler_options={"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True},
+    )
     def both(p_flat, s_flat, p_ref, s_ref, i):
         g = jax.tree_util.tree_map(lambda x: jnp.sin(x * (i + 1.0)) * 3.0, p_flat)
         flat = train_step.optimizer_update(tx, g, s_flat, p_flat)

@@ -239,6 +239,7 @@ def bench(
     )
     heads = objective.DistillationHeads(loss_cfg=loss_cfg, dtype=dtype)
     tx, schedule = train_step.make_optimizer(config.optim, 1000)
+    dropout_rng = sharding.replicated_key(jax.random.key(1), mesh)
     with layers.convolutions(convolutions):  # Traced (and so compiled) in this mode.
         prepared = startup.prepare(
             init=lambda r: train_step.init_state(
@@ -259,12 +260,16 @@ def bench(
                 constants=residual_fit.shape_constants(loss_cfg, teachers, t_abstract, video),
                 tx=tx,
                 schedule=schedule,
-                rng=jax.random.key(1),
                 accum_steps=config.optim.grad_accum_steps,
             ),
             rng=jax.random.key(0),
             mesh=mesh,
-            example_args=(t_specs, sharding.batch_spec(batch, (t, s, s), mesh)),
+            replicated_args=2,  # The dropout key and the teachers' variables.
+            example_args=(
+                startup.abstract_tree(dropout_rng, keep_sharding=True),
+                t_specs,
+                sharding.batch_spec(batch, (t, s, s), mesh),
+            ),
         )
     # Random teachers, drawn on the host: the trainer restores its teachers from model
     # directories and compiles nothing for them, so neither does this.
@@ -285,7 +290,7 @@ def bench(
     times, first_step_done = [], None
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        state, metrics = step(state, teacher_vars, batch_arrays)
+        state, metrics = step(state, dropout_rng, teacher_vars, batch_arrays)
         jax.block_until_ready(metrics["loss"])
         first_step_done = first_step_done or time.perf_counter()
         if i >= warmup:

@@ -28,7 +28,8 @@ more clips of the same geometry from the same generator (`synthetic.generate_spl
 train and test from different seeds, as the builder does).
 
     python tools/measure_frame_vs_clip.py                  # the figures in docs/datasets.md
-    python tools/measure_frame_vs_clip.py --steps 400 --num_train 2000 --width 32  # tests' budget
+    python tools/measure_frame_vs_clip.py --steps 200 --num_train 2000 --num_test 600 \
+        --width 32                                         # the tests' budget
 
 tests/test_frame_vs_clip.py runs `measure` with the smaller budget and checks the gaps.
 """

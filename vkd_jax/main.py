@@ -101,10 +101,11 @@ def main(argv):
 
     config = FLAGS.config
     try:
+        # Before TensorFlow's import (seconds): a config error is reported at once.
+        config_lib.validate(config)
         with _deps.extra("train", "python -m vkd_jax.main"):
             import tensorflow as tf
         tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators are JAX's.
-        config_lib.validate(config)
         enable_compilation_cache(config.compilation_cache)
         fast_compile_settings()
         if os.environ.get("VKD_DISTRIBUTED"):  # Multi-host (TPU pods): one process per host.

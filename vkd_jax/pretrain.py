@@ -139,11 +139,12 @@ def init_state(*, rng, backbone, head, task, pretext_cfg, tx, sample, queue_size
     )
 
 
-def make_pretrain_step(*, backbone, head, task, pretext_cfg, tx, schedule, rng):
-    """``step(state, unused, batch) -> (state, metrics)`` (the loop's signature), not jitted.
+def make_pretrain_step(*, backbone, head, task, pretext_cfg, tx, schedule):
+    """``step(state, rng, batch) -> (state, metrics)``, not jitted.
 
-    As the supervised step: a non-finite loss or gradient leaves the state unchanged
-    and reports ``finite = False``.
+    As the supervised step (:func:`vkd_jax.train_step.make_train_step`): ``rng`` is the
+    run's dropout key, an argument so that seeds share one compiled program, and a
+    non-finite loss or gradient leaves the state unchanged and reports ``finite = False``.
     """
     query_views, key_views = pretext.view_roles(task)
     momentum = float(pretext_cfg[task.name].momentum) if task.momentum_encoder else 0.0
@@ -166,7 +167,7 @@ def make_pretrain_step(*, backbone, head, task, pretext_cfg, tx, schedule, rng):
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def step(state: PretrainState, batch):
+    def step(state: PretrainState, rng: jax.Array, batch):
         step_rng = jax.random.fold_in(rng, state.step)
         (loss, (metrics, stats, enqueue)), grads = grad_fn(state.params, state, batch, step_rng)
         params, opt_state = train_step.optimizer_update(tx, grads, state.opt_state, state.params)
@@ -289,11 +290,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             pretext_cfg=pcfg,
             tx=tx,
             schedule=schedule,
-            rng=jax.random.fold_in(rng, 2),
         ),
         rng=jax.random.fold_in(rng, 1),
         mesh=mesh,
-        replicated_args=0,
+        replicated_args=1,  # The dropout key.
         workdir=workdir,
         max_to_keep=config.train.max_to_keep,
     )
@@ -323,8 +323,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             seed=config.seed,
         )
         batches = iter(ds.skip(start_step).as_numpy_iterator())
+        dropout_rng = sharding.replicated_key(jax.random.fold_in(rng, 2), mesh)
         state = train.train_loop(
-            prepared.step,
+            lambda state, batch: prepared.step(state, dropout_rng, batch),
             state,
             batches,
             name=name,

@@ -49,6 +49,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def replicated_key(key: jax.Array, mesh: Mesh) -> jax.Array:
+    """``key`` (a typed PRNG key that every process holds alike) replicated over ``mesh``.
+
+    Multi-process, ``jax.device_put`` refuses a key array for a sharding that spans other
+    processes' devices; the key's raw data as a host array is accepted (and checked to
+    be equal on every process), and is wrapped back into a key of the same
+    implementation.
+    """
+    data = jax.device_put(np.asarray(jax.random.key_data(key)), replicated(mesh))
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(key))
+
+
 def local_batch_size(global_batch_size: int, mesh: Mesh | None = None) -> int:
     """This process's share of the global batch.
 

@@ -80,8 +80,8 @@ class Prepared:
       start_step: the restored checkpoint's step, 0 for a fresh state.
       restored: whether ``state`` came from a checkpoint.
       step: ``jax.jit`` of the step, ``step(state, *replicated, batch) -> (state,
-        metrics)``: ``state`` donated, the arguments between (the teachers' variables)
-        replicated, ``batch`` split over the mesh's data axis.
+        metrics)``: ``state`` donated, the arguments between (the dropout key, the
+        teachers' variables) replicated, ``batch`` split over the mesh's data axis.
       manager: the stage's checkpoint manager (None without a ``workdir``).
     """
 
@@ -158,7 +158,8 @@ def prepare(
       rng: the key ``init`` gets for a fresh state.
       mesh: the device mesh (state replicated, batch split over ``data``).
       replicated_args: how many arguments ``step`` takes between the state and the
-        batch (distillation: 1, the teachers' variables; pretraining: 0).
+        batch (distillation: 2, the dropout key and the teachers' variables;
+        pretraining: 1, the dropout key).
       workdir: a stage directory: its ``checkpoints/`` are opened and the latest one
         restored instead of running ``init``. None: always a fresh state (benchmarks).
       max_to_keep: checkpoints the manager keeps.

@@ -159,6 +159,8 @@ def _run_stage(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any
     t_abstract = startup.abstract_tree(teacher_vars)
     sample = jnp.zeros((2, t, s, s, 3), jnp.float32)
     rng = jax.random.key(config.seed)
+    # The step's dropout key, an argument of the step (train_step.make_train_step).
+    dropout_rng = sharding.replicated_key(jax.random.fold_in(rng, 2), mesh)
     prepared = startup.prepare(
         init=lambda r: train_step.init_state(
             rng=r,
@@ -177,16 +179,17 @@ def _run_stage(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any
             constants=constants,
             tx=tx,
             schedule=schedule,
-            rng=jax.random.fold_in(rng, 2),
             accum_steps=config.optim.grad_accum_steps,
         ),
         rng=jax.random.fold_in(rng, 1),
         mesh=mesh,
+        replicated_args=2,  # The dropout key and the teachers' variables.
         workdir=stage.workdir,
         max_to_keep=config.train.max_to_keep,
         # The step's arguments (pipeline.train_dataset's batches): it compiles in the
         # background while the state is made and the input pipeline starts.
         example_args=(
+            startup.abstract_tree(dropout_rng, keep_sharding=True),
             startup.abstract_tree(teacher_vars, keep_sharding=True),
             sharding.batch_spec(config.train.batch_size, (t, s, s), mesh),
         ),
@@ -222,7 +225,7 @@ def _run_stage(config: ml_collections.ConfigDict, stage: Stage) -> dict[str, Any
         # consumed puts a resumed run on exactly the data an uninterrupted one sees.
         batches = iter(ds.skip(start_step).as_numpy_iterator())
         state = train_loop(
-            lambda state, batch: prepared.step(state, teacher_vars, batch),
+            lambda state, batch: prepared.step(state, dropout_rng, teacher_vars, batch),
             state,
             batches,
             name=stage.name,

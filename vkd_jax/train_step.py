@@ -222,11 +222,15 @@ def make_train_step(
     loss_cfg: Any,
     tx: Any,
     schedule: Callable[[jax.Array], jax.Array],
-    rng: jax.Array,
     accum_steps: int = 1,
     constants: Mapping[str, Any] | None = None,
-) -> Callable[[TrainState, Mapping[str, Any], Mapping[str, jax.Array]], tuple[TrainState, dict]]:
-    """Returns ``step(state, teacher_vars, batch) -> (state, metrics)`` (not yet jitted).
+) -> Callable[..., tuple[TrainState, dict]]:
+    """Returns ``step(state, rng, teacher_vars, batch) -> (state, metrics)`` (not yet jitted).
+
+    ``rng`` is the run's dropout key; each step folds its step number into it. It is an
+    argument rather than a closed-over value because ``jax.jit`` embeds a closed-over
+    array as a constant of the program: every seed would compile a step of its own, and
+    the persistent compilation cache could not hand one seed's program to another.
 
     The batch is split into ``accum_steps`` micro-batches whose gradients are
     averaged before one update (gradient accumulation). A non-finite loss or
@@ -266,7 +270,7 @@ def make_train_step(
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def step(state: TrainState, teacher_vars, batch):
+    def step(state: TrainState, rng: jax.Array, teacher_vars, batch):
         step_rng = jax.random.fold_in(rng, state.step)
         video, labels = batch["video"], batch["label"]
         if accum_steps == 1:
