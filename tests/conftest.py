@@ -33,6 +33,9 @@ _MIN_COMPILE_SECONDS = 0.2  # Eager single-op programs below this are not worth 
 # core-install check keep XLA's defaults. Both flags are known to the pinned jaxlib
 # (constraints.txt); XLA aborts at start on a flag it does not know.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+# XLA's default CPU options, for the tests about the default compiler: as
+# `compiler_options`, they override the flags above for one program.
+DEFAULT_XLA_OPTIONS = {"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True}
 
 
 def pytest_configure(config):

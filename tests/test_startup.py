@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import init_variables
+from conftest import DEFAULT_XLA_OPTIONS, init_variables
 
 from vkd_jax import checkpoint, config_lib, models, residual_fit, sharding, startup, train_step
 from vkd_jax.losses import objective
@@ -20,7 +20,7 @@ CLIP = (4, 16, 16)
 # XLA's default CPU options (backend level 3, the MLIR fusion emitters): the reference
 # these tests compare with. tests/conftest.py sets cheaper ones for the rest of the
 # suite by flag; an explicit option wins.
-DEFAULT = {"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True}
+DEFAULT = DEFAULT_XLA_OPTIONS
 
 
 def _assert_identical(a, b):

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import init_variables, tiny_config
+from conftest import DEFAULT_XLA_OPTIONS, init_variables, tiny_config
 
 from vkd_jax import (
     checkpoint,
@@ -433,10 +433,7 @@ def test_flat_optimizer_equals_optax(optimizer, clip):
 
     # XLA's default CPU compiler (tests/conftest.py sets cheaper flags): the claim is
     # about the program users run; the older emitter rounds the moments further apart.
-    @functools.partial(
-        jax.jit,
-        compiler_options={"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True},
-    )
+    @functools.partial(jax.jit, compiler_options=DEFAULT_XLA_OPTIONS)
     def both(p_flat, s_flat, p_ref, s_ref, i):
         g = jax.tree_util.tree_map(lambda x: jnp.sin(x * (i + 1.0)) * 3.0, p_flat)
         flat = train_step.optimizer_update(tx, g, s_flat, p_flat)
