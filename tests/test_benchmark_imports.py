@@ -42,7 +42,9 @@ def test_forward_benchmark_times_every_model_and_knows_peaks(capsys):
     assert bench.peak_tflops("cpu", "bfloat16") is None
     bench.main(["--forward", "--batch", "2", "--steps", "1", "--warmup", "0",
                 "--set", "data.num_frames=4", "--set", "data.crop_size=16",
-                "--convolutions", "auto,native"])  # fmt: skip
+                "--convolutions", "auto,native",
+                # No process-wide malloc or dispatch setting inside the test session.
+                "--allocated-memory"])  # fmt: skip
     out = capsys.readouterr().out
     for model in ("x3d/mini | student", "x3d/mini_m | cnn", "vit/mini | vit"):
         assert f"| {model} | auto |" in out, out
@@ -83,6 +85,8 @@ def test_profile_step_lists_the_backward_ops(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "forward + backward (grad):" in out.stdout
+    # The trainer's host memory setting (vkd_jax.cpu_memory) applied in its own process.
+    assert "host memory kept between calls" in out.stdout and "k page faults" in out.stdout
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "ms" not in line]
     assert len(rows) >= 3, out.stdout  # Op kinds with their time, largest first.
     times = [float(r.split("|")[2]) for r in rows]

@@ -52,6 +52,7 @@ import numpy as np  # noqa: E402
 
 from vkd_jax import (  # noqa: E402
     config_lib,
+    cpu_memory,
     models,
     residual_fit,
     sharding,
@@ -342,6 +343,13 @@ def main(argv=None) -> None:
         "get one row per mode",
     )
     parser.add_argument(
+        "--allocated-memory",
+        action="store_true",
+        help="leave the host memory as XLA allocates it, page-faulted in at every step "
+        "(by default each step reuses its temporaries' pages, as the CLI does: "
+        "vkd_jax.cpu_memory)",
+    )
+    parser.add_argument(
         "--torchvision-workaround",
         action="store_true",
         help="register an empty torchvision._meta_registrations before importing "
@@ -368,6 +376,11 @@ def main(argv=None) -> None:
 
     cache = enable_compilation_cache(config.compilation_cache)
     fast_compile_settings()
+    # As the CLI does: on a CPU, each step reuses its temporaries' host memory
+    # (vkd_jax.cpu_memory; the PyTorch step, in this process too, shares the setting).
+    if not args.allocated_memory:
+        cpu_memory.synchronous_cpu_dispatch()
+        args.host_memory = cpu_memory.keep_host_memory()
     if args.forward:
         print_forward(config, args)
         return
@@ -429,7 +442,9 @@ def _header(config, args) -> str:
     return (
         f"device: {jax.device_count()} x {dev.device_kind} ({dev.platform}); host: "
         f"{platform.machine()}, {os.cpu_count()} CPUs; jax {jax.__version__}; "
-        f"dtype {config.dtype}; clip {t}x{s}x{s}; global batch {args.batch}"
+        f"dtype {config.dtype}; clip {t}x{s}x{s}; global batch {args.batch}; host memory "
+        f"{'kept between steps' if getattr(args, 'host_memory', False) else 'as allocated'} "
+        "(vkd_jax.cpu_memory)"
     )
 
 

@@ -3,10 +3,12 @@
     python tools/profile_step.py --model x3d --variant s --frames 16 --size 224 --batch 2
 
 Times the jitted train-mode forward and ``jax.grad`` of one model (random weights and
-clips, summed logits as the loss), then records a JAX profile of two gradient calls
-and prints the time per step of each kind of XLA op (fusion names without their
-numbers, e.g. ``pad_slice_fusion``; on a GPU, kernel names), largest first. The trace
-stays in ``--trace-dir`` for TensorBoard or Perfetto.
+clips, summed logits as the loss) with their page faults and kernel time per call, the
+host memory kept between calls as the trainer keeps it (``vkd_jax.cpu_memory``;
+``--allocated-memory`` leaves it as XLA allocates it). Then it records a JAX profile of
+two gradient calls and prints the time per step of each kind of XLA op (fusion names
+without their numbers, e.g. ``pad_slice_fusion``; on a GPU, kernel names), largest
+first. The trace stays in ``--trace-dir`` for TensorBoard or Perfetto.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import gzip
 import json
 import os
 import re
+import resource
 import sys
 import time
 
@@ -27,7 +30,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vkd_jax import models  # noqa: E402
+from vkd_jax import cpu_memory, models  # noqa: E402
 from vkd_jax.models import layers  # noqa: E402
 
 _RUNTIME = ("ThunkExecutor", "$", "Slinky", "PjitFunction", "CommonPjRt")
@@ -60,7 +63,16 @@ def main() -> None:
     parser.add_argument("--convolutions", default="auto", choices=layers.CONVOLUTION_MODES)
     parser.add_argument("--top", type=int, default=12, help="op kinds to list")
     parser.add_argument("--trace-dir", default="/tmp/vkd_profile")
+    parser.add_argument(
+        "--allocated-memory",
+        action="store_true",
+        help="leave the host memory as XLA allocates it (by default, as the trainer does, "
+        "each call reuses its temporaries' pages: vkd_jax.cpu_memory)",
+    )
     args = parser.parse_args()
+    if not args.allocated_memory:
+        cpu_memory.synchronous_cpu_dispatch()
+        cpu_memory.keep_host_memory()
 
     t, s = args.frames, args.size
     model = models.get_model(args.model, variant=args.variant, num_classes=12, input_size=(t, s, s))
@@ -79,15 +91,27 @@ def main() -> None:
         grad = jax.jit(jax.grad(loss)).lower(params).compile()
 
     def ms(fn, n=3):
+        """Mean ms per call, and the page faults (thousands) and kernel ms per call."""
         jax.block_until_ready(fn(params))
+        before = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         for _ in range(n):
             jax.block_until_ready(fn(params))
-        return 1000 * (time.perf_counter() - start) / n
+        wall = 1000 * (time.perf_counter() - start) / n
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        faults = (after.ru_minflt - before.ru_minflt) / n / 1000
+        kernel_ms = 1000 * (after.ru_stime - before.ru_stime) / n
+        return wall, f"{faults:.1f}k page faults, {kernel_ms:.0f} ms in the kernel"
 
+    memory = "as allocated" if args.allocated_memory else "kept between calls"
     print(f"{args.model}/{args.variant}, clip {t}x{s}x{s}, batch {args.batch}, "
-          f"{args.convolutions} convolutions, {jax.devices()[0].device_kind}")  # fmt: skip
-    print(f"train-mode forward: {ms(forward):.1f} ms; forward + backward (grad): {ms(grad):.1f} ms")
+          f"{args.convolutions} convolutions, {jax.devices()[0].device_kind}, "
+          f"host memory {memory} (vkd_jax.cpu_memory)")  # fmt: skip
+    (f_ms, f_sys), (g_ms, g_sys) = ms(forward), ms(grad)
+    print(
+        f"train-mode forward: {f_ms:.1f} ms ({f_sys}); "
+        f"forward + backward (grad): {g_ms:.1f} ms ({g_sys}), {g_ms / f_ms:.2f}x the forward"
+    )
     jax.profiler.start_trace(args.trace_dir)
     for _ in range(2):
         jax.block_until_ready(grad(params))

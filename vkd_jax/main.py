@@ -97,7 +97,7 @@ def main(argv):
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
     import jax
 
-    from vkd_jax import _deps, config_lib, errors, storage
+    from vkd_jax import _deps, config_lib, cpu_memory, errors, storage
 
     config = FLAGS.config
     try:
@@ -108,8 +108,10 @@ def main(argv):
         tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators are JAX's.
         enable_compilation_cache(config.compilation_cache)
         fast_compile_settings()
+        cpu_memory.synchronous_cpu_dispatch()  # Before the backends start.
         if os.environ.get("VKD_DISTRIBUTED"):  # Multi-host (TPU pods): one process per host.
             jax.distributed.initialize()
+        cpu_memory.keep_host_memory()  # Steps reuse their temporaries' pages (CPU only).
         workdir = config_lib.check_workdir(FLAGS.workdir)
         storage.makedirs(workdir)
         from vkd_jax import modes, rundir
