@@ -4,6 +4,7 @@ variants: one test over the zoo instead of a copy per family."""
 from __future__ import annotations
 
 import inspect
+import re
 
 import jax
 import jax.numpy as jnp
@@ -78,6 +79,16 @@ def test_returns_float32_logits_and_documented_features(name, dtype):
         assert features[f"stage{s}"].ndim == 5 and features[f"stage{s}"].shape[0] == 2
 
 
+def _zero_by_construction(name: str, key: str) -> bool:
+    """Parameters whose exact gradient is zero: the bias of ShuffleNet's depthwise
+    BatchNorm ('conv2' of a v1 unit, 'dw' of a v2 branch). No nonlinearity follows it,
+    only a 1x1 convolution (linear) and a train-mode BatchNorm, which subtracts the
+    per-channel mean and with it any per-channel shift the bias adds."""
+    return name.startswith("shufflenet3d") and bool(
+        re.search(r"\['(conv2|dw)'\]\['bn'\]\['bias'\]", key)
+    )
+
+
 @pytest.mark.parametrize("name", TINY)
 def test_jit_grad_and_dropout_rng(name):
     # Dropout switched on (the tiny variants may have none), so the rng must matter.
@@ -107,8 +118,13 @@ def test_jit_grad_and_dropout_rng(name):
     (loss, (logits, new_state)), grads = grad_fn(params, jax.random.key(1))
     assert np.isfinite(float(loss)) and logits.dtype == jnp.float32
     for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
-        assert np.all(np.isfinite(g)), jax.tree_util.keystr(path)
-        assert np.any(np.asarray(g) != 0), f"no gradient reaches {jax.tree_util.keystr(path)}"
+        key = jax.tree_util.keystr(path)
+        assert np.all(np.isfinite(g)), key
+        if _zero_by_construction(name, key):
+            # Rounding leaves 0 or about 1e-9 (measured: 0 on one x86 CPU, not on another).
+            assert np.max(np.abs(g)) < 1e-5, key
+            continue
+        assert np.any(np.asarray(g) != 0), f"no gradient reaches {key}"
     if state:  # Batch statistics move in training.
         before, after = jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(new_state)
         assert any(not np.allclose(a, b) for a, b in zip(before, after))
