@@ -378,9 +378,7 @@ def main(argv=None) -> None:
     fast_compile_settings()
     # As the CLI does: on a CPU, each step reuses its temporaries' host memory
     # (vkd_jax.cpu_memory; the PyTorch step, in this process too, shares the setting).
-    if not args.allocated_memory:
-        cpu_memory.synchronous_cpu_dispatch()
-        args.host_memory = cpu_memory.keep_host_memory()
+    args.host_memory = not args.allocated_memory and cpu_memory.reuse_host_memory()
     if args.forward:
         print_forward(config, args)
         return
@@ -443,7 +441,7 @@ def _header(config, args) -> str:
         f"device: {jax.device_count()} x {dev.device_kind} ({dev.platform}); host: "
         f"{platform.machine()}, {os.cpu_count()} CPUs; jax {jax.__version__}; "
         f"dtype {config.dtype}; clip {t}x{s}x{s}; global batch {args.batch}; host memory "
-        f"{'kept between steps' if getattr(args, 'host_memory', False) else 'as allocated'} "
+        f"{'kept between steps' if args.host_memory else 'as allocated'} "
         "(vkd_jax.cpu_memory)"
     )
 

@@ -70,9 +70,7 @@ def main() -> None:
         "each call reuses its temporaries' pages: vkd_jax.cpu_memory)",
     )
     args = parser.parse_args()
-    if not args.allocated_memory:
-        cpu_memory.synchronous_cpu_dispatch()
-        cpu_memory.keep_host_memory()
+    kept = not args.allocated_memory and cpu_memory.reuse_host_memory()
 
     t, s = args.frames, args.size
     model = models.get_model(args.model, variant=args.variant, num_classes=12, input_size=(t, s, s))
@@ -103,7 +101,7 @@ def main() -> None:
         kernel_ms = 1000 * (after.ru_stime - before.ru_stime) / n
         return wall, f"{faults:.1f}k page faults, {kernel_ms:.0f} ms in the kernel"
 
-    memory = "as allocated" if args.allocated_memory else "kept between calls"
+    memory = "kept between calls" if kept else "as allocated"
     print(f"{args.model}/{args.variant}, clip {t}x{s}x{s}, batch {args.batch}, "
           f"{args.convolutions} convolutions, {jax.devices()[0].device_kind}, "
           f"host memory {memory} (vkd_jax.cpu_memory)")  # fmt: skip

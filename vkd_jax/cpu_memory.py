@@ -19,6 +19,10 @@ Two settings keep the memory instead:
   ``mmap`` and never to give freed heap memory back to the system, so the next call's
   temporaries land on pages already mapped.
 
+:func:`reuse_host_memory` applies both, for a program that starts no distributed runtime
+in between (``tools/benchmark.py``, ``tools/profile_step.py``); the CLI calls the two
+around ``jax.distributed.initialize``.
+
 The costs: the process keeps its peak host memory until it exits, and the host no
 longer runs ahead of a one-device CPU computation (the trainer's per-step host work is
 a batch copy and a few scalars). The values computed are the same. The CLI
@@ -76,3 +80,10 @@ def keep_host_memory() -> bool:
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     # mallopt takes an int; glibc reads M_TRIM_THRESHOLD's -1 as SIZE_MAX (never trim).
     return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, -1))
+
+
+def reuse_host_memory() -> bool:
+    """Both settings, in order, before JAX's first computation: whether each step now
+    reuses its temporaries' host memory (False off the CPU, without glibc, or once the
+    backends have started)."""
+    return synchronous_cpu_dispatch() and keep_host_memory()
