@@ -121,6 +121,40 @@ def test_depthwise_rule_is_the_one_in_use():
     assert "custom_vjp_call" in jaxpr
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_pointwise_rule_is_in_use_and_equals_autodiff(dtype):
+    """A 1x1x1 conv on the CPU path goes through the hand-written rule, whose gradients
+    under jit equal autodiff's of the same einsum (same products, another order)."""
+    x = jax.random.normal(jax.random.key(0), (2, 3, 5, 7, 4), dtype)
+    w = jax.random.normal(jax.random.key(1), (1, 1, 1, 4, 6), dtype)
+    g = jax.random.normal(jax.random.key(2), (2, 3, 5, 7, 6), dtype)
+    cpu = lambda x, w: _cpu(x, w, (1, 1, 1), (0, 0, 0), 1)
+    assert "custom_vjp_call" in str(jax.make_jaxpr(cpu)(x, w))
+    plain = lambda x, w: jnp.einsum("bthwc,cd->bthwd", x, w.reshape(4, 6))
+    grads = lambda f: jax.jit(lambda x, w: jax.vjp(f, x, w)[1](g))(x, w)
+    (dx0, dw0), (dx1, dw1) = grads(plain), grads(cpu)
+    assert (dx1.dtype, dw1.dtype) == (dtype, dtype)
+    tol = 1e-2 if dtype == jnp.bfloat16 else 1e-5
+    for got, want in ((dx1, dx0), (dw1, dw0)):
+        np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=tol, atol=tol)
+
+
+def test_pointwise_backward_reads_the_cotangent_as_it_lies():
+    """The reason for the rule: in a conv -> BatchNorm-like chain, the compiled gradient
+    holds no copy of the cotangent laid out channel-major (autodiff's transpose of the
+    einsum made XLA's CPU backend write one, with the chain's backward fused into it)."""
+    x = jax.random.normal(jax.random.key(0), (2, 4, 6, 6, 5))
+    w = jax.random.normal(jax.random.key(1), (1, 1, 1, 5, 7))
+
+    def loss(x, w):
+        y = _cpu(jax.nn.relu(x - x.mean()), w, (1, 1, 1), (0, 0, 0), 1)
+        y = (y - y.mean((0, 1, 2, 3))) * jax.lax.rsqrt(y.var((0, 1, 2, 3)) + 1e-5)
+        return jnp.tanh(y).sum()
+
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).compile().as_text()
+    assert "f32[7,288]" not in hlo, "the cotangent is copied channel-major"
+
+
 class _Tiny(nn.Module):
     """Stem, a depthwise bottleneck (strided), a pointwise conv and a head: X3D's pattern."""
 

@@ -222,7 +222,7 @@ def conv3d_apply(
     cpu_path = cpu_friendly and not portable
     if cpu_path and k == (1, 1, 1) and groups == 1 and padding == (0, 0, 0):
         x = x[:, :: strides[0], :: strides[1], :: strides[2]]
-        return jnp.einsum("bthwc,cd->bthwd", x, kernel.reshape(cin, cout))
+        return pointwise_conv3d(x, kernel.reshape(cin, cout))
     if cpu_friendly and groups == cin == cout:
         if portable:  # Forward only (export): no custom rule in the exported graph.
             return _depthwise_forward(x, kernel, strides, padding)
@@ -405,6 +405,45 @@ depthwise_conv3d.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 # ----------------------------------------------------------------- dense forms
+
+
+@jax.custom_vjp
+def pointwise_conv3d(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """A ``1x1x1`` convolution, stride 1: one matrix product over the channels.
+
+    Args:
+      x: ``(B, T, H, W, C_in)``.
+      kernel: ``(C_in, C_out)``.
+
+    Returns:
+      ``(B, T, H, W, C_out)``, differentiable by a hand-written rule with the same
+      products as autodiff's, in another order (see :func:`_pointwise_bwd`).
+    """
+    return jnp.einsum("bthwc,cd->bthwd", x, kernel)
+
+
+def _pointwise_fwd(x, kernel):
+    return pointwise_conv3d(x, kernel), (x, kernel)
+
+
+def _pointwise_bwd(residuals, g):
+    """``dx = g kernel^T`` and ``dkernel = x^T g``, both over the flattened positions.
+
+    Autodiff transposes the forward's ``einsum`` into ``(g^T x)^T``; XLA's CPU backend
+    then lays ``g`` out channel-major for that product, so every 1x1x1 conv's backward
+    wrote its cotangent (and the BatchNorm backward fused into it) a second time,
+    transposed, with strided stores: the largest op kind of X3D's gradient after the
+    convolutions (docs/benchmarks.md). Written as ``x^T g`` with ``x`` first, the
+    product reads both maps as they lie, and on the CPU it gives the same bits.
+    """
+    x, kernel = residuals
+    cin, cout = kernel.shape
+    dk = jax.lax.dot_general(x.reshape(-1, cin), g.reshape(-1, cout), (((0,), (0,)), ((), ())))
+    dx = jnp.einsum("bthwd,cd->bthwc", g, kernel)
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+pointwise_conv3d.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
 def patch_conv3d(x: jax.Array, kernel: jax.Array) -> jax.Array:
