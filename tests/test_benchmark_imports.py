@@ -85,6 +85,8 @@ def test_profile_step_lists_the_backward_ops(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "forward + backward (grad):" in out.stdout
+    # Forward and grad alternate; the ratio is the median of the rounds' own ratios.
+    assert "medians of 7 alternating rounds" in out.stdout and "grad / forward: " in out.stdout
     # The trainer's host memory setting (vkd_jax.cpu_memory) applied in its own process.
     assert "host memory kept between calls" in out.stdout and "k page faults" in out.stdout
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "ms" not in line]

@@ -62,6 +62,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--convolutions", default="auto", choices=layers.CONVOLUTION_MODES)
     parser.add_argument("--top", type=int, default=12, help="op kinds to list")
+    parser.add_argument(
+        "--rounds", type=int, default=7, help="alternating forward and grad calls timed"
+    )
     parser.add_argument("--trace-dir", default="/tmp/vkd_profile")
     parser.add_argument(
         "--allocated-memory",
@@ -88,27 +91,37 @@ def main() -> None:
         forward = jax.jit(loss).lower(params).compile()
         grad = jax.jit(jax.grad(loss)).lower(params).compile()
 
-    def ms(fn, n=3):
-        """Mean ms per call, and the page faults (thousands) and kernel ms per call."""
-        jax.block_until_ready(fn(params))
+    def call(fn):
+        """Wall ms, page faults and kernel ms of one call."""
         before = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
-        for _ in range(n):
-            jax.block_until_ready(fn(params))
-        wall = 1000 * (time.perf_counter() - start) / n
+        jax.block_until_ready(fn(params))
+        wall = 1000 * (time.perf_counter() - start)
         after = resource.getrusage(resource.RUSAGE_SELF)
-        faults = (after.ru_minflt - before.ru_minflt) / n / 1000
-        kernel_ms = 1000 * (after.ru_stime - before.ru_stime) / n
-        return wall, f"{faults:.1f}k page faults, {kernel_ms:.0f} ms in the kernel"
+        return wall, after.ru_minflt - before.ru_minflt, 1000 * (after.ru_stime - before.ru_stime)
 
     memory = "kept between calls" if kept else "as allocated"
     print(f"{args.model}/{args.variant}, clip {t}x{s}x{s}, batch {args.batch}, "
           f"{args.convolutions} convolutions, {jax.devices()[0].device_kind}, "
           f"host memory {memory} (vkd_jax.cpu_memory)")  # fmt: skip
-    (f_ms, f_sys), (g_ms, g_sys) = ms(forward), ms(grad)
+    jax.block_until_ready((forward(params), grad(params)))
+    # Forward and grad alternate, so a machine whose speed drifts (shared hosts do,
+    # by 10-15% within minutes) slows both alike; the ratio is taken per round.
+    rounds = [(call(forward), call(grad)) for _ in range(args.rounds)]
+    f_ms, g_ms = (float(np.median([r[i][0] for r in rounds])) for i in (0, 1))
+    ratios = [g[0] / f[0] for f, g in rounds]
+
+    def system(i):
+        faults, kernel = (np.median([r[i][j] for r in rounds]) for j in (1, 2))
+        return f"{faults / 1000:.1f}k page faults, {kernel:.0f} ms in the kernel"
+
     print(
-        f"train-mode forward: {f_ms:.1f} ms ({f_sys}); "
-        f"forward + backward (grad): {g_ms:.1f} ms ({g_sys}), {g_ms / f_ms:.2f}x the forward"
+        f"train-mode forward: {f_ms:.1f} ms ({system(0)}); forward + backward (grad): "
+        f"{g_ms:.1f} ms ({system(1)}); medians of {args.rounds} alternating rounds"
+    )
+    print(
+        f"grad / forward: {float(np.median(ratios)):.2f}x (median of the rounds' ratios; "
+        f"range {min(ratios):.2f}-{max(ratios):.2f}x)"
     )
     jax.profiler.start_trace(args.trace_dir)
     for _ in range(2):
