@@ -13,7 +13,7 @@ import pytest
 import torch_compat
 
 from vkd_jax import evaluation, models
-from vkd_jax.models import mvit
+from vkd_jax.models import layers, mvit
 
 CLIP = (2, 8, 32, 32, 3)
 
@@ -55,6 +55,39 @@ def test_tiny_eval_shapes_and_keys(tiny):
     assert np.all(np.isfinite(logits))
     assert 50_000 < evaluation.count_params(variables) < 200_000
 
+
+def test_cpu_logits_with_rel_pos_equal_the_broadcast_form(tiny):
+    """On the CPU path the rel-pos term rides inside the logits' product (appended
+    bias rows and one-hot key codes); outputs, features and gradients equal the
+    product-plus-broadcast form (rounded otherwise), on a non-square grid whose keys
+    are pooled, class token included."""
+    model, variables, video, _ = tiny
+    q = jax.random.normal(jax.random.key(2), (2, 3, 1 + 2 * 4 * 3, 8))
+    k = jax.random.normal(jax.random.key(3), (2, 3, 1 + 1 * 2 * 3, 8))
+    tables = [jax.random.normal(jax.random.key(4 + i), (n, 8)) for i, n in enumerate((3, 7, 5))]
+    args = ((2, 4, 3), (1, 2, 3), *tables)
+    want = jnp.einsum("bnqc,bnkc->bnqk", q * 0.3, k)
+    want = want + jnp.pad(mvit._rel_pos_bias(q, *args), ((0, 0), (0, 0), (1, 0), (1, 0)))
+    got = mvit._logits_with_rel_pos_cpu(q, k, 0.3, *args)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+    def run(mode):
+        def loss(v):
+            logits, feats = model.apply(v, video)
+            return jnp.sum(logits**2) + jnp.sum(feats["stage2"] ** 2), (logits, feats)
+
+        with layers.convolutions(mode):
+            return jax.jit(jax.grad(loss, has_aux=True))(variables)
+
+    (g_cpu, out_cpu), (g_native, out_native) = run("cpu"), run("native")
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4)
+    jax.tree.map(close, out_cpu, out_native)
+    # Gradients to the largest one's scale: some are rounding noise around zero.
+    scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(g_native))
+    jax.tree.map(lambda a, b: close(a / scale, b / scale), g_cpu, g_native)
+    with layers.convolutions("cpu"):
+        hlo = jax.jit(model.apply).lower(variables, video).as_text()
+    assert "reduce_precision" in hlo  # The fusion fence of the CPU form.
 
 
 def test_full_size_param_counts():
@@ -108,7 +141,6 @@ def test_bfloat16_close_to_float32(tiny):
     np.testing.assert_allclose(out16, out32, atol=0.05 * scale + 0.05)
     f16 = np.asarray(feats16["pre_logits"], np.float32)
     np.testing.assert_allclose(f16, feats32["pre_logits"], atol=0.1)
-
 
 
 def test_block_settings_match_torchvision_mvit_v2_s():

@@ -62,6 +62,14 @@ def mode() -> str:
     return _MODE.get()
 
 
+def cpu_forms() -> bool:
+    """Whether traces here and now take the CPU forms: mode ``"cpu"``, or ``"auto"`` on a
+    CPU backend (not ``"native"``, nor ``"portable"``, whose graphs are for export).
+    Other CPU-only rewrites (MViT's attention logits) follow the same switch."""
+    current = _MODE.get()
+    return current == "cpu" or (current == "auto" and jax.default_backend() == "cpu")
+
+
 def convolutions(mode: str) -> contextlib.AbstractContextManager[None]:
     """Traces inside compute :class:`Conv3d` in ``mode`` (``CONVOLUTION_MODES``).
 

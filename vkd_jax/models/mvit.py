@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vkd_jax.models import layers
+from vkd_jax.models import convolutions, layers
 
 Triple = tuple[int, int, int]
 
@@ -281,6 +281,51 @@ def _rel_pos_bias(
     return bias.reshape(b, n, _prod(q_thw), _prod(k_thw))
 
 
+def _logits_with_rel_pos_cpu(
+    q: jax.Array,
+    k: jax.Array,
+    scale: float,
+    q_thw: Triple,
+    k_thw: Triple,
+    rel_t: jax.Array,
+    rel_h: jax.Array,
+    rel_w: jax.Array,
+) -> jax.Array:
+    """The attention logits with the rel-pos term (MViTv2 Eq. 3) inside one product.
+
+    The term is ``bias_t[q, t_k] + bias_h[q, h_k] + bias_w[q, w_k]`` (see
+    :func:`_rel_pos_bias`): the dot product of ``(bias_t[q], bias_h[q], bias_w[q])``
+    with the one-hot codes of key ``k``'s ``(t, h, w)``. Each query gets its three
+    ``T_k + H_k + W_k`` bias rows appended to ``q * scale``, each key its codes appended
+    to ``k`` (zeros for the class token on either side), and one product gives the
+    logits. Same values as the product plus the broadcast term, rounded otherwise.
+
+    Why, on the CPU: XLA fuses the broadcast add of the term into the product, and
+    the product then runs 2-3x slower (MViTv2-S's second block: 178 ms for product and
+    term together against 52 ms for the product alone, docs/benchmarks.md). The
+    no-op ``reduce_precision`` at the end (float32 to float32: the identity) keeps the
+    softmax's reductions out of that fusion too; pulled in, they cost as much again.
+    """
+    b, n, _, c = q.shape
+    q32, k32 = q.astype(jnp.float32), k.astype(jnp.float32)
+    r_q = q32[:, :, 1:].reshape(b, n, *q_thw, c)
+    specs = ("bnthwc,tkc->bnthwk", "bnthwc,hkc->bnthwk", "bnthwc,wkc->bnthwk")
+    terms = []
+    for axis, (table, spec) in enumerate(zip((rel_t, rel_h, rel_w), specs)):
+        lookup = _rel_pos_lookup(table, q_thw[axis], k_thw[axis])
+        term = jnp.einsum(spec, r_q, lookup)
+        terms.append(term.reshape(b, n, _prod(q_thw), k_thw[axis]))
+    rows = jnp.pad(jnp.concatenate(terms, -1), ((0, 0), (0, 0), (1, 0), (0, 0)))
+    queries = jnp.concatenate([q32 * scale, rows], -1)
+    grid = np.stack(np.meshgrid(*map(np.arange, k_thw), indexing="ij"), -1).reshape(-1, 3)
+    eye = [np.eye(size, dtype=np.float32) for size in k_thw]
+    codes = np.concatenate([eye[i][grid[:, i]] for i in range(3)], -1)
+    codes = np.pad(codes, ((1, 0), (0, 0)))  # The class token's key: no term.
+    keys = jnp.concatenate([k32, jnp.broadcast_to(codes, (b, n, *codes.shape))], -1)
+    logits = jnp.einsum("bnqc,bnkc->bnqk", queries, keys)
+    return jax.lax.reduce_precision(logits, exponent_bits=8, mantissa_bits=23)
+
+
 class AttentionPool(nn.Module):
     """Pooling of q, k or v: depthwise Conv3d on the patch tokens, then LayerNorm.
 
@@ -361,9 +406,13 @@ class MultiscaleAttention(nn.Module):
 
         # Logits, rel-pos term and softmax in float32 for stability under bfloat16.
         scale = 1.0 / math.sqrt(head_dim)
-        attn = jnp.einsum("bnqc,bnkc->bnqk", q * scale, k, preferred_element_type=jnp.float32)
-        bias = _rel_pos_bias(q.astype(jnp.float32), q_thw, k_thw, rel_t, rel_h, rel_w)
-        attn = attn + jnp.pad(bias, ((0, 0), (0, 0), (1, 0), (1, 0)))
+        tables = (rel_t, rel_h, rel_w)
+        if convolutions.cpu_forms():
+            attn = _logits_with_rel_pos_cpu(q, k, scale, q_thw, k_thw, *tables)
+        else:
+            attn = jnp.einsum("bnqc,bnkc->bnqk", q * scale, k, preferred_element_type=jnp.float32)
+            bias = _rel_pos_bias(q.astype(jnp.float32), q_thw, k_thw, *tables)
+            attn = attn + jnp.pad(bias, ((0, 0), (0, 0), (1, 0), (1, 0)))
         attn = jax.nn.softmax(attn, axis=-1).astype(self.dtype)
         out = jnp.einsum("bnqk,bnkc->bnqc", attn, v.astype(self.dtype))
         # Residual pooling (MViTv2 Eq. 4), on patch tokens only.
