@@ -25,7 +25,9 @@ the same function another way:
   frame (one frame's data stays in cache for all of them);
 * a kernel that tiles its input (kernel = stride, no padding: patch embeddings) as a
   reshape into patches and one matrix product;
-* ``1x1x1`` as subsample-then-matmul;
+* ``1x1x1`` as subsample-then-matmul (:func:`pointwise_conv3d`), with a hand-written
+  backward whose kernel gradient reads the cotangent as it lies (autodiff's made XLA
+  copy it channel-major);
 * every other convolution as 2D convolutions over frames summed over its temporal taps
   (:func:`conv3d_as_2d`), whose backward is XLA's 2D one.
 
@@ -442,7 +444,7 @@ def _pointwise_bwd(residuals, g):
     wrote its cotangent (and the BatchNorm backward fused into it) a second time,
     transposed, with strided stores: the largest op kind of X3D's gradient after the
     convolutions (docs/benchmarks.md). Written as ``x^T g`` with ``x`` first, the
-    product reads both maps as they lie, and on the CPU it gives the same bits.
+    product reads both maps as they lie; on the CPUs measured it gave the same bits.
     """
     x, kernel = residuals
     cin, cout = kernel.shape
