@@ -222,11 +222,9 @@ def conv3d_apply(
     strides, padding = tuple(strides), tuple(padding)
     k = tuple(kernel.shape[:3])
     cin, cout = x.shape[-1], kernel.shape[-1]
-    current = _MODE.get()
-    portable = cpu_friendly is None and current == "portable"
+    portable = cpu_friendly is None and _MODE.get() == "portable"
     if cpu_friendly is None:
-        on_cpu = jax.default_backend() == "cpu"
-        cpu_friendly = portable or current == "cpu" or (on_cpu and current == "auto")
+        cpu_friendly = portable or cpu_forms()
     # Portable keeps only the depthwise rewrite (LiteRT's batch matmul stops at rank 4;
     # its 1x1x1 and other CONV_3Ds do the job).
     cpu_path = cpu_friendly and not portable

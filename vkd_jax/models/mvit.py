@@ -250,10 +250,10 @@ def _rel_pos_lookup(table: jax.Array, q_size: int, k_size: int) -> jax.Array:
     return table[dist.astype(np.int64)]
 
 
-def _rel_pos_bias(
+def _rel_pos_terms(
     q: jax.Array, q_thw: Triple, k_thw: Triple, rel_t: jax.Array, rel_h: jax.Array, rel_w: jax.Array
-) -> jax.Array:
-    """Decomposed relative-position term of the attention logits (MViTv2 Eq. 3).
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The three factors of the decomposed relative-position term (MViTv2 Eq. 3).
 
     Args:
       q: ``(B, heads, 1 + Tq*Hq*Wq, C)`` pooled queries (class token first).
@@ -261,23 +261,37 @@ def _rel_pos_bias(
       rel_t, rel_h, rel_w: ``(L, C)`` tables.
 
     Returns:
-      ``(B, heads, Tq*Hq*Wq, Tk*Hk*Wk)`` to add to the patch-patch logits.
+      ``bias_t, bias_h, bias_w``: ``(B, heads, Tq*Hq*Wq, Tk)``, ``(..., Hk)`` and
+      ``(..., Wk)``; the term for key ``(t, h, w)`` is ``bias_t[..., t] +
+      bias_h[..., h] + bias_w[..., w]``.
     """
     b, n, _, c = q.shape
-    rt = _rel_pos_lookup(rel_t, q_thw[0], k_thw[0])
-    rh = _rel_pos_lookup(rel_h, q_thw[1], k_thw[1])
-    rw = _rel_pos_lookup(rel_w, q_thw[2], k_thw[2])
     r_q = q[:, :, 1:].reshape(b, n, *q_thw, c)
-    bias_t = jnp.einsum("bnthwc,tkc->bnthwk", r_q, rt)
-    bias_h = jnp.einsum("bnthwc,hkc->bnthwk", r_q, rh)
-    bias_w = jnp.einsum("bnthwc,wkc->bnthwk", r_q, rw)
+    specs = ("bnthwc,tkc->bnthwk", "bnthwc,hkc->bnthwk", "bnthwc,wkc->bnthwk")
+    terms = []
+    for axis, (table, spec) in enumerate(zip((rel_t, rel_h, rel_w), specs)):
+        lookup = _rel_pos_lookup(table, q_thw[axis], k_thw[axis])
+        terms.append(jnp.einsum(spec, r_q, lookup).reshape(b, n, _prod(q_thw), k_thw[axis]))
+    return tuple(terms)
+
+
+def _rel_pos_bias(
+    q: jax.Array, q_thw: Triple, k_thw: Triple, rel_t: jax.Array, rel_h: jax.Array, rel_w: jax.Array
+) -> jax.Array:
+    """Decomposed relative-position term of the attention logits (MViTv2 Eq. 3).
+
+    Args: as :func:`_rel_pos_terms`.
+
+    Returns:
+      ``(B, heads, Tq*Hq*Wq, Tk*Hk*Wk)`` to add to the patch-patch logits.
+    """
+    b, n = q.shape[:2]
     # Broadcast at rank 4 (rows = b * n * query positions): LiteRT's add stops at rank 6.
     rows = b * n * _prod(q_thw)
-    bias = (
-        bias_t.reshape(rows, -1)[:, :, None, None]
-        + bias_h.reshape(rows, -1)[:, None, :, None]
-        + bias_w.reshape(rows, -1)[:, None, None, :]
+    bias_t, bias_h, bias_w = (
+        term.reshape(rows, -1) for term in _rel_pos_terms(q, q_thw, k_thw, rel_t, rel_h, rel_w)
     )
+    bias = bias_t[:, :, None, None] + bias_h[:, None, :, None] + bias_w[:, None, None, :]
     return bias.reshape(b, n, _prod(q_thw), _prod(k_thw))
 
 
@@ -294,7 +308,7 @@ def _logits_with_rel_pos_cpu(
     """The attention logits with the rel-pos term (MViTv2 Eq. 3) inside one product.
 
     The term is ``bias_t[q, t_k] + bias_h[q, h_k] + bias_w[q, w_k]`` (see
-    :func:`_rel_pos_bias`): the dot product of ``(bias_t[q], bias_h[q], bias_w[q])``
+    :func:`_rel_pos_terms`): the dot product of ``(bias_t[q], bias_h[q], bias_w[q])``
     with the one-hot codes of key ``k``'s ``(t, h, w)``. Each query gets its three
     ``T_k + H_k + W_k`` bias rows appended to ``q * scale``, each key its codes appended
     to ``k`` (zeros for the class token on either side), and one product gives the
@@ -306,15 +320,9 @@ def _logits_with_rel_pos_cpu(
     no-op ``reduce_precision`` at the end (float32 to float32: the identity) keeps the
     softmax's reductions out of that fusion too; pulled in, they cost as much again.
     """
-    b, n, _, c = q.shape
+    b, n = q.shape[:2]
     q32, k32 = q.astype(jnp.float32), k.astype(jnp.float32)
-    r_q = q32[:, :, 1:].reshape(b, n, *q_thw, c)
-    specs = ("bnthwc,tkc->bnthwk", "bnthwc,hkc->bnthwk", "bnthwc,wkc->bnthwk")
-    terms = []
-    for axis, (table, spec) in enumerate(zip((rel_t, rel_h, rel_w), specs)):
-        lookup = _rel_pos_lookup(table, q_thw[axis], k_thw[axis])
-        term = jnp.einsum(spec, r_q, lookup)
-        terms.append(term.reshape(b, n, _prod(q_thw), k_thw[axis]))
+    terms = _rel_pos_terms(q32, q_thw, k_thw, rel_t, rel_h, rel_w)
     rows = jnp.pad(jnp.concatenate(terms, -1), ((0, 0), (0, 0), (1, 0), (0, 0)))
     queries = jnp.concatenate([q32 * scale, rows], -1)
     grid = np.stack(np.meshgrid(*map(np.arange, k_thw), indexing="ij"), -1).reshape(-1, 3)
