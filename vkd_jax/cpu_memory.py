@@ -1,12 +1,10 @@
 """Host memory of XLA's CPU runtime: every step reuses its temporaries' memory.
 
-XLA's CPU runtime allocates a program's temporary buffers (one block: 74 MiB for the
-default config's student gradient, 2.3 GiB for X3D-S at the paper's 16x224x224) with
-``malloc`` at every call and frees them when the call ends. glibc serves a block that
-large with a fresh ``mmap`` and unmaps it on ``free``, so each call page-faults all of
-its temporaries in again: on this project's 2-core CPU, about 19,000 page faults and
-tens of milliseconds of kernel time per default-config step (measured in
-docs/benchmarks.md, "Host memory of the CPU runtime").
+XLA's CPU runtime allocates a program's temporary buffers (one block, tens of MiB for
+a small model's gradient and GiBs at the paper's 16x224x224) with ``malloc`` at every
+call and frees them when the call ends. glibc serves a block that large with a fresh
+``mmap`` and unmaps it on ``free``, so each call page-faults all of its temporaries in
+again (measured in docs/benchmarks.md, "Host memory of the CPU runtime").
 
 Two settings keep the memory instead:
 

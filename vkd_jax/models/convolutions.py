@@ -440,9 +440,9 @@ def _pointwise_bwd(residuals, g):
     Autodiff transposes the forward's ``einsum`` into ``(g^T x)^T``; XLA's CPU backend
     then lays ``g`` out channel-major for that product, so every 1x1x1 conv's backward
     wrote its cotangent (and the BatchNorm backward fused into it) a second time,
-    transposed, with strided stores: the largest op kind of X3D's gradient after the
-    convolutions (docs/benchmarks.md). Written as ``x^T g`` with ``x`` first, the
-    product reads both maps as they lie; on the CPUs measured it gave the same bits.
+    transposed, with strided stores (docs/benchmarks.md has the profile). Written as
+    ``x^T g`` with ``x`` first, the product reads both maps as they lie; on the CPUs
+    measured it gave the same bits.
     """
     x, kernel = residuals
     cin, cout = kernel.shape

@@ -315,10 +315,11 @@ def _logits_with_rel_pos_cpu(
     logits. Same values as the product plus the broadcast term, rounded otherwise.
 
     Why, on the CPU: XLA fuses the broadcast add of the term into the product, and
-    the product then runs 2-3x slower (MViTv2-S's second block: 178 ms for product and
-    term together against 52 ms for the product alone, docs/benchmarks.md). The
-    no-op ``reduce_precision`` at the end (float32 to float32: the identity) keeps the
-    softmax's reductions out of that fusion too; pulled in, they cost as much again.
+    the fused product runs several times slower than the product alone. The no-op
+    ``reduce_precision`` at the end (float32 to float32: the identity) keeps the
+    softmax's reductions out of that fusion too; pulled in, they slow it as much again
+    (docs/benchmarks.md, "Transposed cotangents, fused attention terms and a slow
+    import", has the figures).
     """
     b, n = q.shape[:2]
     q32, k32 = q.astype(jnp.float32), k.astype(jnp.float32)
